@@ -1,0 +1,17 @@
+"""ase_definet: one-pass relaxation of crystal point defects with DefiNet, for ASE.
+
+    from ase_definet import DefiNetRelaxer
+    DefiNetRelaxer(host, defects={"vacancies": [3], "substitutions": {0: "W"}}).run()
+"""
+
+from .checkpoint import available_weights, get_model, load_checkpoint, save_checkpoint
+from .defects import DefectSpec
+from .model import DefiNet, DefiNetConfig
+from .relaxer import DefiNetRelaxer
+from .structure import DefectStructure
+
+__version__ = "0.1.0"
+
+__all__ = ["DefiNet", "DefiNetConfig", "DefiNetRelaxer", "DefectSpec", "DefectStructure",
+           "available_weights", "get_model", "load_checkpoint", "save_checkpoint",
+           "__version__"]

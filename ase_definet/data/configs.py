@@ -1,0 +1,126 @@
+"""Seeded generators of defect configurations, as in 2DMD.
+
+* High density: random substitutions and vacancies at 2.5, 5, 7.5, 10 and 12.5 % of the
+  sites, the same number of configurations per concentration.
+* Low density: 1 to 3 defects, distinct up to the host's symmetry.
+
+Every configuration gets a stable ``config_id``; the sequence for a given seed is
+reproducible, and asking for more configurations extends it without changing the prefix.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from ase.data import atomic_numbers
+
+from ..defects import DefectSpec
+from .hosts import Host
+from .symmetry import site_permutations
+
+HIGH_CONCENTRATIONS = (0.025, 0.05, 0.075, 0.10, 0.125)
+
+
+@dataclass(frozen=True)
+class DefectConfig:
+    """One defect configuration of a host supercell."""
+
+    config_id: str
+    material: str
+    density: str  # "high" or "low"
+    concentration: float  # defects / sites
+    spec: DefectSpec
+
+
+def _rng(seed: int, *keys: int | str) -> np.random.Generator:
+    ints = [seed] + [k if isinstance(k, int) else zlib.crc32(k.encode()) for k in keys]
+    return np.random.default_rng(ints)
+
+
+def _random_spec(host: Host, numbers: np.ndarray, n_defects: int,
+                 rng: np.random.Generator) -> DefectSpec:
+    """Draw ``n_defects`` defects: a type uniformly among the allowed ones, then a free
+    site of that element uniformly."""
+    types = host.defect_types()
+    used: set[int] = set()
+    vac, subs = [], {}
+    for _ in range(n_defects):
+        free = []
+        while not free:
+            el, sub = types[rng.integers(len(types))]
+            free = [i for i in np.flatnonzero(numbers == atomic_numbers[el]) if i not in used]
+        site = int(free[rng.integers(len(free))])
+        used.add(site)
+        if sub is None:
+            vac.append(site)
+        else:
+            subs[site] = sub
+    return DefectSpec(vacancies=tuple(vac), substitutions=subs)
+
+
+def high_density_configs(host: Host, n_per_concentration: int, seed: int = 0,
+                         concentrations: tuple[float, ...] = HIGH_CONCENTRATIONS
+                         ) -> list[DefectConfig]:
+    """Random high-density configurations, interleaved over concentrations.
+
+    Configuration ``k * len(concentrations) + c`` is the ``k``-th one at concentration
+    ``c``, so any prefix of the list is balanced across concentrations.
+    """
+    pristine = host.pristine()
+    n_sites, numbers = len(pristine), pristine.numbers
+    out = []
+    for k in range(n_per_concentration):
+        for ci, conc in enumerate(concentrations):
+            n_def = max(1, int(round(conc * n_sites)))
+            spec = _random_spec(host, numbers, n_def, _rng(seed, host.name, "high", ci, k))
+            out.append(DefectConfig(f"{host.name}-high-{len(out):05d}", host.name, "high",
+                                    conc, spec))
+    return out
+
+
+def canonical_key(spec: DefectSpec, perms: np.ndarray) -> tuple:
+    """Key identical for configurations related by a symmetry permutation."""
+    sites = np.array([*spec.vacancies, *spec.substitutions], dtype=int)
+    codes = np.array([0] * len(spec.vacancies) + list(spec.substitutions.values()))
+    mapped = perms[:, sites]  # (n_ops, n_def)
+    keys = [tuple(sorted(zip(row.tolist(), codes.tolist()))) for row in mapped]
+    return min(keys)
+
+
+def low_density_configs(host: Host, n: int, seed: int = 0, max_defects: int = 3,
+                        max_tries: int = 100_000) -> list[DefectConfig]:
+    """``n`` configurations with 1 to ``max_defects`` defects, distinct up to symmetry.
+
+    All symmetry-distinct single defects come first, then 2, 3, 2, 3, ... defects drawn
+    at random (rejecting symmetry duplicates) until ``n`` are collected.
+    """
+    pristine = host.pristine()
+    perms = site_permutations(pristine)
+    numbers = pristine.numbers
+    seen: set[tuple] = set()
+    out: list[DefectConfig] = []
+
+    def add(spec: DefectSpec) -> None:
+        key = canonical_key(spec, perms)
+        if key not in seen:
+            seen.add(key)
+            out.append(DefectConfig(f"{host.name}-low-{len(out):05d}", host.name, "low",
+                                    spec.n_defects / len(pristine), spec))
+
+    for el, sub in host.defect_types():
+        for site in np.flatnonzero(numbers == atomic_numbers[el]):
+            if len(out) >= n:
+                break
+            add(DefectSpec(vacancies=(int(site),)) if sub is None
+                else DefectSpec(substitutions={int(site): sub}))
+    rng = _rng(seed, host.name, "low")
+    sizes = list(range(2, max_defects + 1)) or [1]
+    tries = 0
+    while len(out) < n and tries < max_tries:
+        add(_random_spec(host, numbers, sizes[tries % len(sizes)], rng))
+        tries += 1
+    if len(out) < n:
+        raise ValueError(f"only {len(out)} distinct configurations found for {host.name}")
+    return out[:n]

@@ -1,0 +1,97 @@
+"""The pair data set in ``ase.db`` (SQLite): one row per (unrelaxed, relaxed) pair.
+
+Schema of a row:
+
+* atoms: the unrelaxed defective structure (host order, vacant sites removed);
+* the row's calculator results: the teacher's ``energy`` (eV) and forces at the
+  unrelaxed positions, so ``row.energy`` and ``row.fmax`` describe the row's own Atoms
+  (ase.db reserves the keys ``energy`` and ``fmax`` for exactly that);
+* key_value_pairs: ``config_id``, ``material``, ``density`` ("high"/"low"),
+  ``concentration``, ``n_defects``, ``split`` ("train"/"val"/"test"), ``teacher``,
+  ``optimizer``, ``relax_fmax`` (the criterion, eV/Å), ``final_fmax`` (eV/Å),
+  ``converged``, ``steps``, ``relaxed_energy`` (eV, at the relaxed positions);
+* data: ``relaxed_positions`` (n, 3) Å, ``pristine_positions`` (n_sites, 3) Å,
+  ``pristine_numbers`` (n_sites,), ``site_index`` (n,) pristine index of each atom,
+  ``vacancies`` (n_vac,) pristine indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.db import connect
+
+from ..defects import DefectSpec
+
+
+@dataclass
+class Pair:
+    """One (unrelaxed, relaxed) defect pair with its pristine host."""
+
+    unrelaxed: Atoms
+    relaxed_positions: np.ndarray  # (n, 3) Å
+    pristine: Atoms
+    spec: DefectSpec
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def site_index(self) -> np.ndarray:
+        return self.spec.site_index(len(self.pristine))
+
+    def relaxed(self) -> Atoms:
+        at = self.unrelaxed.copy()
+        at.positions = self.relaxed_positions
+        return at
+
+
+def write_pair(db, pair: Pair) -> int:
+    """Write ``pair`` as one row (one SQLite transaction). Returns the row id."""
+    kvp = {k: v for k, v in pair.info.items() if isinstance(v, (bool, int, float, str, np.number))}
+    data = {
+        "relaxed_positions": np.asarray(pair.relaxed_positions, dtype=float),
+        "pristine_positions": pair.pristine.positions.astype(float),
+        "pristine_numbers": pair.pristine.numbers.astype(np.int64),
+        "site_index": pair.site_index.astype(np.int64),
+        "vacancies": np.array(pair.spec.vacancies, dtype=np.int64),
+    }
+    return db.write(pair.unrelaxed, key_value_pairs=kvp, data=data)
+
+
+def row_to_pair(row) -> Pair:
+    """Rebuild a :class:`Pair` from an ``ase.db`` row of the schema above."""
+    unrelaxed = row.toatoms()
+    d = row.data
+    pristine = Atoms(numbers=d["pristine_numbers"], positions=d["pristine_positions"],
+                     cell=unrelaxed.cell, pbc=unrelaxed.pbc)
+    site_index = np.asarray(d["site_index"], dtype=int)
+    subs = {int(s): int(z) for s, z in zip(site_index, unrelaxed.numbers)
+            if pristine.numbers[s] != z}
+    spec = DefectSpec(vacancies=tuple(int(v) for v in d["vacancies"]), substitutions=subs)
+    if not np.array_equal(spec.site_index(len(pristine)), site_index):
+        raise ValueError(f"row {row.id}: site_index does not follow the host order convention")
+    return Pair(unrelaxed=unrelaxed, relaxed_positions=np.asarray(d["relaxed_positions"]),
+                pristine=pristine, spec=spec, info=dict(row.key_value_pairs))
+
+
+def iter_pairs(paths: list[str | Path], converged_only: bool = True,
+               **selection: Any) -> Iterator[Pair]:
+    """Yield pairs from one or more ``ase.db`` files, e.g. ``split="train"``."""
+    for path in paths:
+        with connect(path) as db:
+            if converged_only:
+                selection = {**selection, "converged": True}
+            for row in db.select(**selection):
+                yield row_to_pair(row)
+
+
+def done_ids(path: str | Path) -> set[str]:
+    """The ``config_id`` of every row already in ``path`` (empty if it does not exist)."""
+    if not Path(path).exists():
+        return set()
+    with connect(path) as db:
+        return {row.config_id for row in db.select(columns=["key_value_pairs"])}

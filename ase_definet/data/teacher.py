@@ -1,0 +1,69 @@
+"""The teacher: an ASE calculator that labels (unrelaxed, relaxed) pairs.
+
+CHGNet (a universal ML potential, not DFT) is the default teacher; it is an optional
+dependency (``pip install 'ase_definet[teacher]'``). Any ASE calculator can be used
+instead by passing it to the labelling functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from functools import lru_cache
+
+from ase.calculators.calculator import Calculator
+
+logger = logging.getLogger(__name__)
+
+TEACHERS = ("chgnet",)
+
+
+@lru_cache(maxsize=1)
+def _chgnet_model():
+    try:
+        from chgnet.model import CHGNet
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the CHGNet teacher needs the optional dependency 'chgnet': "
+                          "pip install 'ase_definet[teacher]'") from err
+    with contextlib.redirect_stdout(io.StringIO()):
+        return CHGNet.load(verbose=False, use_device="cpu")
+
+
+def chgnet_calculator(device: str = "cpu", stress: bool = False) -> Calculator:
+    """CHGNet as an ASE calculator.
+
+    Args:
+        device: torch device for CHGNet.
+        stress: also compute stress (needed for cell relaxation). Without it only
+            energy and forces are computed, which is about 1.5x faster.
+    """
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    task = "efs" if stress else "ef"
+
+    class _Teacher(CHGNetCalculator):
+        implemented_properties = ("energy", "forces", "free_energy") + (
+            ("stress",) if stress else ())
+
+        def calculate(self, atoms=None, properties=None, system_changes=None, task=task):
+            super().calculate(atoms, properties, system_changes, task=task)
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = _chgnet_model().to(device)
+        return _Teacher(model=model, use_device=device)
+
+
+def get_teacher(name: str = "chgnet", device: str = "cpu") -> Calculator:
+    """Return a teacher calculator by name; the error lists the valid names."""
+    if name == "chgnet":
+        return chgnet_calculator(device=device)
+    raise ValueError(f"unknown teacher {name!r}; known teachers: {list(TEACHERS)}")
+
+
+def teacher_version(name: str = "chgnet") -> str:
+    """A short string naming the teacher and its version, stored with every pair."""
+    if name == "chgnet":
+        import chgnet
+        return f"CHGNet {chgnet.__version__} (model {_chgnet_model().version})"
+    return name

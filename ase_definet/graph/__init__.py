@@ -1,0 +1,6 @@
+"""Graph building: atoms -> arrays (no model, no ASE optimizer machinery)."""
+
+from .graph import Graph, GraphBatch, build_graph, collate
+from .neighbors import check_cell, neighbor_graph
+
+__all__ = ["Graph", "GraphBatch", "build_graph", "collate", "check_cell", "neighbor_graph"]

@@ -1,0 +1,246 @@
+"""DefiNet (Yang et al., npj Comput. Mater. 2025): one forward pass from an unrelaxed
+defect structure to relaxed Cartesian coordinates.
+
+Tensors in, tensors out: no ASE here. Equation numbers refer to the paper's Methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..graph import GraphBatch
+from .layers import MLP, ConsensusActivation, GaussianRBF, vector_norm
+from .scatter import scatter_mean, scatter_sum
+
+N_MARKERS = 3  # 0 pristine, 1 substitution, 2 vacancy
+
+
+@dataclass
+class DefiNetConfig:
+    """Hyperparameters of a DefiNet; saved with every checkpoint.
+
+    Attributes:
+        hidden: feature width F (paper: 512).
+        layers: number of graph-convolution layers T (paper: 4).
+        n_rbf: number of Gaussian radial basis functions.
+        cutoff: neighbour cutoff D, Å (paper code: 6).
+        max_neighbors: neighbour cap N per node (paper code: 50).
+        elements: atomic numbers the element embedding knows.
+        tau: temperature of the smooth consensus activation (0: the paper's hard rule).
+        edge_chunk: edges processed per chunk (bounds the working set on large cells).
+    """
+
+    hidden: int = 512
+    layers: int = 4
+    n_rbf: int = 32
+    cutoff: float = 6.0
+    max_neighbors: int | None = 50
+    elements: list[int] = field(default_factory=lambda: list(range(1, 95)))
+    tau: float = 0.05
+    edge_chunk: int = 8192
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DefiNetConfig:
+        known = cls.__dataclass_fields__
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown DefiNet hyperparameter(s): {sorted(unknown)}")
+        return cls(**d)
+
+
+def _edge_geometry(pos: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                   shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances (e,) Å and unit vectors (e, 3) from receiver i to sender j."""
+    vec = pos[src] + shifts - pos[dst]
+    d = torch.linalg.vector_norm(vec, dim=1)
+    return d, vec / d.clamp(min=1e-9)[:, None]
+
+
+class DefiNetLayer(nn.Module):
+    """One graph-convolution layer: distribution (8-9), defect-aware message passing
+    (1-2), self-updating (3-4), defect-aware coordinate updating (5-7), aggregation
+    (10-11), with the consensus activation (12-13) after every vector update."""
+
+    def __init__(self, hidden: int, n_rbf: int, tau: float):
+        super().__init__()
+        F = hidden
+        self.dist_phi = MLP(2 * F, F, F)
+        self.dist_W = nn.Linear(F, F, bias=False)
+        self.dist_act = ConsensusActivation(F, tau)
+        # message passing: three channels h (scalar), u (vector), v (direction)
+        self.msg_phi = MLP(F, F, 3 * F)
+        self.msg_rbf = nn.Linear(n_rbf, 3 * F)
+        self.msg_gate = MLP(F, F, 3 * F)
+        # self-updating
+        self.V = nn.Linear(F, F, bias=False)
+        self.U = nn.Linear(F, F, bias=False)
+        self.phi_s = MLP(2 * F, F, F)
+        self.phi_g = MLP(2 * F, F, F)
+        self.phi_h = MLP(2 * F, F, F)
+        self.upd_act = ConsensusActivation(F, tau)
+        # coordinate updating
+        self.coord_phi = MLP(F, F, F)
+        self.coord_rbf = nn.Linear(n_rbf, F)
+        self.coord_gate = MLP(F, F, F)
+        self.coord_q = MLP(F, F, 1)
+        self.W_vec = nn.Linear(F, 1, bias=False)
+        # aggregation to the global node
+        self.agg_phi = MLP(2 * F, F, F)
+        self.agg_W = nn.Linear(F, F, bias=False)
+        self.agg_act = ConsensusActivation(F, tau)
+
+    def forward(self, x, vec, pos, xg, vg, pair_emb, g: GraphBatch, rbf: GaussianRBF,
+                chunk: int):
+        """Args: x (n, F); vec (n, 3, F); pos (n, 3) Å; xg (B, F); vg (B, 3, F);
+        pair_emb (3, 3, F) marker-pair embeddings E(m_i) + E(m_j). Returns the same."""
+        n, F = x.shape
+        src, dst = g.edge_index
+        b = g.batch
+        # --- message distribution from the global node (8, 9)
+        x = self.dist_phi(torch.cat([x, xg[b]], dim=1)) + x
+        vec = self.dist_act(self.dist_W(vec + vg[b]) + vec)
+
+        # --- defect-aware message passing (1, 2), edges in chunks
+        pair = g.markers[dst] * N_MARKERS + g.markers[src]
+        gate = self.msg_gate(pair_emb).view(N_MARKERS * N_MARKERS, 3 * F)
+        xs = self.msg_phi(x)
+        q = x.new_zeros(n, F)
+        qv = x.new_zeros(n, 3, F)
+        for s in range(0, src.numel(), chunk):
+            sl = slice(s, s + chunk)
+            js, is_ = src[sl], dst[sl]
+            d, u = _edge_geometry(pos, js, is_, g.shifts[sl])
+            m = xs[js] * self.msg_rbf(rbf(d)) * gate[pair[sl]]
+            mh, mu, mv = m.split(F, dim=1)
+            q = scatter_sum(mh, is_, n, out=q)
+            qv = scatter_sum(mu[:, None, :] * vec[js] + mv[:, None, :] * u[:, :, None], is_, n,
+                             out=qv)
+
+        # --- self-updating (3, 4)
+        a = torch.cat([q, vector_norm(self.V(qv))], dim=1)
+        x_new = self.phi_s(a) + torch.tanh(self.phi_g(a)) * q
+        vec_new = self.upd_act(self.phi_h(a)[:, None, :] * self.U(qv))
+
+        # --- defect-aware coordinate updating (5, 6, 7), geometry of layer t
+        cgate = self.coord_gate(pair_emb).view(N_MARKERS * N_MARKERS, F)
+        xc = self.coord_phi(x_new)
+        disp = self.W_vec(vec_new).squeeze(-1)  # Vec2Disp (6): (n, 3)
+        for s in range(0, src.numel(), chunk):
+            sl = slice(s, s + chunk)
+            js, is_ = src[sl], dst[sl]
+            d, u = _edge_geometry(pos, js, is_, g.shifts[sl])
+            w = self.coord_q(xc[js] * self.coord_rbf(rbf(d)) * cgate[pair[sl]])  # (e, 1)
+            disp = scatter_sum(w * u, is_, n, out=disp)  # RPV2Disp (5)
+        pos = pos + disp
+
+        # --- message aggregation into the global node (10, 11)
+        xg = self.agg_phi(torch.cat([scatter_mean(x_new, b, g.num_graphs), xg], dim=1)) + xg
+        vg = self.agg_act(self.agg_W(scatter_mean(vec_new, b, g.num_graphs) + vg) + vg)
+        return x_new, vec_new, pos, xg, vg
+
+
+class DefiNet(nn.Module):
+    """The DefiNet network.
+
+    ``DefiNet()`` builds the paper's architecture (F=512, T=4, D=6 Å, N=50) with random
+    weights; any :class:`DefiNetConfig` field can be overridden by keyword::
+
+        model = DefiNet(hidden=128, layers=4, max_neighbors=24)
+        trajectory = model(batch)     # list of T+1 tensors (N, 3), Å
+        relaxed = trajectory[-1]
+
+    Node positions of vacancy placeholders are updated too but carry no meaning.
+    """
+
+    def __init__(self, config: DefiNetConfig | None = None, **overrides: Any):
+        super().__init__()
+        cfg = DefiNetConfig(**{**(config.to_dict() if config else {}), **overrides})
+        cfg.elements = sorted(int(z) for z in cfg.elements)
+        self.config = cfg
+        F = cfg.hidden
+        lut = torch.full((119,), -1, dtype=torch.long)
+        lut[torch.tensor(cfg.elements)] = torch.arange(len(cfg.elements))
+        self.register_buffer("z_to_index", lut, persistent=False)
+        self.element_embedding = nn.Embedding(len(cfg.elements), F)
+        self.marker_embedding = nn.Embedding(N_MARKERS, F)
+        self.global_scalar = nn.Parameter(torch.randn(F) / F**0.5)
+        self.rbf = GaussianRBF(cfg.n_rbf, cfg.cutoff)
+        self.layers = nn.ModuleList(DefiNetLayer(F, cfg.n_rbf, cfg.tau)
+                                    for _ in range(cfg.layers))
+
+    @property
+    def elements(self) -> list[int]:
+        return list(self.config.elements)
+
+    @property
+    def cutoff(self) -> float:
+        return self.config.cutoff
+
+    @property
+    def max_neighbors(self) -> int | None:
+        return self.config.max_neighbors
+
+    def element_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Map atomic numbers to embedding rows; ``ValueError`` for unknown elements."""
+        idx = self.z_to_index[numbers.clamp(0, 118)]
+        if bool((idx < 0).any()):
+            from ase.data import chemical_symbols
+
+            bad = sorted({chemical_symbols[int(z)] for z in numbers[idx < 0].tolist()})
+            raise ValueError(f"element(s) {bad} are not among those this model was "
+                             f"trained on")
+        return idx
+
+    def forward(self, g: GraphBatch) -> list[torch.Tensor]:
+        """Relax a batch of defect graphs.
+
+        Args:
+            g: :class:`~ase_definet.graph.GraphBatch` with ``positions`` (N, 3) Å.
+
+        Returns:
+            Coordinates after every layer, ``[r^(0), ..., r^(T)]``, each (N, 3) Å;
+            ``r^(T)`` is the prediction.
+        """
+        pos = g.positions
+        x = self.element_embedding(self.element_index(g.numbers))
+        n, F = x.shape
+        vec = x.new_zeros(n, 3, F)
+        xg = self.global_scalar.to(x.dtype).expand(g.num_graphs, F)
+        vg = x.new_zeros(g.num_graphs, 3, F)
+        e = self.marker_embedding.weight
+        pair_emb = e[:, None, :] + e[None, :, :]  # (3, 3, F): E(m_i) + E(m_j)
+        out = [pos]
+        chunk = max(int(self.config.edge_chunk), 1)
+        for layer in self.layers:
+            x, vec, pos, xg, vg = layer(x, vec, pos, xg, vg, pair_emb, g, self.rbf, chunk)
+            out.append(pos)
+        return out
+
+    def extend_elements(self, new: Sequence[int]) -> list[int]:
+        """Add elements to the embedding (fine-tuning on new chemistry); existing rows are
+        kept, new rows start at the mean of the existing ones. Returns those added."""
+        added = sorted(set(int(z) for z in new) - set(self.config.elements))
+        if not added:
+            return []
+        old = self.element_embedding.weight.data
+        elements = sorted(self.config.elements + added)
+        emb = nn.Embedding(len(elements), old.shape[1]).to(old.device, old.dtype)
+        with torch.no_grad():
+            for row, z in enumerate(elements):
+                emb.weight[row] = (old[self.config.elements.index(z)]
+                                   if z in self.config.elements else old.mean(0))
+        self.element_embedding = emb
+        self.config.elements = elements
+        lut = torch.full((119,), -1, dtype=torch.long, device=old.device)
+        lut[torch.tensor(elements, device=old.device)] = torch.arange(len(elements),
+                                                                       device=old.device)
+        self.z_to_index = lut
+        return added

@@ -1,0 +1,67 @@
+"""Scatter-sum and scatter-mean over the first dimension.
+
+The default backend is torch's own ``index_add_``; when the optional ``torch_scatter``
+package is installed (``pip install 'ase_definet[scatter]'``) it is used automatically.
+Both give the same numbers (tested). Choose explicitly with :func:`set_backend`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+BACKENDS = ("auto", "native", "torch_scatter")
+_backend = "auto"
+
+
+def has_torch_scatter() -> bool:
+    return importlib.util.find_spec("torch_scatter") is not None
+
+
+def set_backend(name: str) -> None:
+    """Select ``"auto"`` (torch_scatter when installed), ``"native"`` or ``"torch_scatter"``."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown scatter backend {name!r}; choose from {list(BACKENDS)}")
+    if name == "torch_scatter" and not has_torch_scatter():
+        raise ImportError("torch_scatter is not installed: pip install 'ase_definet[scatter]'")
+    _backend = name
+
+
+def get_backend() -> str:
+    """The backend actually in use (``"native"`` or ``"torch_scatter"``)."""
+    if _backend == "auto":
+        return "torch_scatter" if has_torch_scatter() else "native"
+    return _backend
+
+
+def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[index[k]] += src[k]`` along dim 0.
+
+    Args:
+        src: (E, ...) values.
+        index: (E,) int64 target rows.
+        dim_size: number of rows of the result.
+        out: optional (dim_size, ...) accumulator, added to (not in place under autograd).
+    """
+    if get_backend() == "torch_scatter":
+        import torch_scatter
+
+        res = torch_scatter.scatter(src, index, dim=0, dim_size=dim_size, reduce="sum")
+        return res if out is None else out + res
+    if out is None:
+        out = src.new_zeros((dim_size, *src.shape[1:]))
+    return out.index_add(0, index, src)
+
+
+def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    """Mean of the rows of ``src`` per ``index`` value; empty groups give zero."""
+    if get_backend() == "torch_scatter":
+        import torch_scatter
+
+        return torch_scatter.scatter(src, index, dim=0, dim_size=dim_size, reduce="mean")
+    total = scatter_sum(src, index, dim_size)
+    count = torch.bincount(index, minlength=dim_size).clamp_(min=1).to(src.dtype)
+    return total / count.view(-1, *([1] * (src.dim() - 1)))

@@ -1,0 +1,45 @@
+"""Inference: DefectStructures in, coordinates out (one forward pass per batch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .graph import collate
+from .model import DefiNet
+from .structure import DefectStructure
+
+
+def model_dtype(model: DefiNet) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def model_device(model: DefiNet) -> torch.device:
+    return next(model.parameters()).device
+
+
+def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
+                  all_layers: bool = False) -> list[np.ndarray]:
+    """Relaxed coordinates of every site of every structure.
+
+    Returns, per structure, an array (n_sites, 3) Å, or with ``all_layers`` the
+    coordinates after every layer (T+1, n_sites, 3), layer 0 being the input.
+    """
+    graphs = [s.graph(model.cutoff, model.max_neighbors) for s in structures]
+    dtype, device = model_dtype(model), model_device(model)
+    batch = collate(graphs, dtype=dtype).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            layers = model(batch)
+            # displacements in the model's dtype, added to the float64 input coordinates
+            out = (torch.stack(layers) if all_layers else layers[-1]) - layers[0]
+            out = out.to("cpu", torch.float64).numpy()
+    finally:
+        model.train(was_training)
+    sizes = np.cumsum([0] + [g.n_sites for g in graphs])
+    return [s.site_positions + out[..., a:b, :]
+            for s, a, b in zip(structures, sizes[:-1], sizes[1:])]
