@@ -182,7 +182,7 @@ class DefiNetRelaxer(IOContext):
             if self.polisher.nsteps + offset > self.nsteps:
                 self.nsteps = self.polisher.nsteps + offset
                 self.call_observers()
-            yield converged
+            yield bool(converged)
 
     def _write_frame(self) -> None:
         self.trajectory.write(self.atoms)

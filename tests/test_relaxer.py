@@ -1,0 +1,202 @@
+"""The ASE optimizer contract of DefiNetRelaxer, polish mode and batched relaxation."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.constraints import FixAtoms
+from ase.io import read
+from ase.io.trajectory import Trajectory
+
+from ase_definet import DefectSpec, DefiNetRelaxer
+from ase_definet.batch import relax_many
+from ase_definet.data.hosts import get_host
+from ase_definet.device import resolve_device
+
+from .conftest import tiny_model
+
+
+def snapshot(atoms):
+    return (atoms.positions.copy(), atoms.numbers.copy(), atoms.cell[:].copy(),
+            atoms.pbc.copy(), dict(atoms.info), len(atoms.constraints))
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+               for x, y in zip(a, b))
+
+
+def test_run_irun_nsteps_and_host_untouched(host, spec, model):
+    before = snapshot(host)
+    r = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
+    flags = list(r.irun())
+    assert flags == [False] * model.config.layers + [True]
+    assert r.nsteps == model.config.layers == r.get_number_of_steps()
+    assert same(before, snapshot(host))  # the host given with defects= is not modified
+    assert len(r.atoms) == len(host) - 2
+    assert r.atoms.get_chemical_symbols()[0] == "W"
+    assert np.abs(r.atoms.positions - host.positions[r.structure.spec.site_index(27)]).max() > 1e-3
+    r2 = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
+    assert r2.run() is True
+    assert np.allclose(r2.atoms.positions, r.atoms.positions)
+
+
+def test_in_place_update_of_defective_atoms(host, spec, model):
+    defective = DefectSpec.from_any(spec).apply(host)
+    defective.info["tag"] = "mine"
+    defective.set_tags(np.arange(len(defective)))
+    r = DefiNetRelaxer(defective, pristine=host, model=model, logfile=None)
+    assert r.atoms is defective
+    r.run()
+    ref = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
+    ref.run()
+    assert np.allclose(defective.positions, ref.atoms.positions, atol=1e-5)
+    assert defective.info["tag"] == "mine"
+    assert defective.get_tags().tolist() == list(range(len(defective)))
+
+
+def test_observers_trajectory_and_todict(tmp_path, host, spec, model):
+    calls = []
+    traj = tmp_path / "relax.traj"
+    with DefiNetRelaxer(host, defects=spec, model=model, logfile=None,
+                        trajectory=traj) as r:
+        r.attach(lambda: calls.append(r.nsteps), interval=2)
+        r.attach(lambda tag: calls.append(tag), -1, "only-at-1")
+        r.run()
+        d = r.todict()
+    assert calls == [0, "only-at-1", 2]
+    frames = read(traj, ":")
+    assert len(frames) == model.config.layers + 1
+    assert np.allclose(frames[0].positions, host.positions[r.structure.spec.site_index(27)])
+    assert np.allclose(frames[-1].positions, r.atoms.positions)
+    assert d["optimizer"] == "DefiNetRelaxer" and d["layers"] == 3
+    assert d["cutoff"] == 5.0 and "V_S" in d["defects"]
+
+
+def test_trajectory_object_and_logfiles(tmp_path, host, spec, model, capsys):
+    with Trajectory(tmp_path / "t.traj", "w") as traj:
+        DefiNetRelaxer(host, defects=spec, model=model, logfile="-", trajectory=traj).run()
+    assert len(read(tmp_path / "t.traj", ":")) == 4
+    out = capsys.readouterr().out
+    assert "DefiNetRelaxer:     3" in out and "MaxDisp" in out
+    DefiNetRelaxer(host, defects=spec, model=model, logfile=None).run()
+    assert capsys.readouterr().out == ""
+    log = tmp_path / "relax.log"
+    with DefiNetRelaxer(host, defects=spec, model=model, logfile=log) as r:
+        r.run()
+    assert log.read_text().count("DefiNetRelaxer:") == 4
+    buf = io.StringIO()
+    DefiNetRelaxer(host, defects=spec, model=model, logfile=buf).run()
+    assert buf.getvalue().count("\n") == 5
+
+
+def test_fixed_atoms_do_not_move(host, spec, model):
+    h = host.copy()
+    h.set_constraint(FixAtoms(indices=[1, 2, 4, 20]))  # 4 is vacant
+    r = DefiNetRelaxer(h, defects=spec, model=model, logfile=None)
+    r.run()
+    idx = list(r.structure.spec.site_index(len(h)))
+    fixed = [idx.index(i) for i in (1, 2, 20)]
+    assert np.array_equal(r.atoms.constraints[0].index, fixed)
+    assert np.allclose(r.atoms.positions[fixed], h.positions[[1, 2, 20]])
+    free = [k for k in range(len(r.atoms)) if k not in fixed]
+    assert np.abs(r.atoms.positions[free] - h.positions[np.array(idx)[free]]).max() > 1e-3
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(defects={"vacancies": [999]}), "out of range"),
+    (dict(defects={"vacancies": [1], "substitutions": {1: "W"}}), "both vacant"),
+    (dict(defects={"substitutions": {0: "Qq"}}), "unknown chemical symbol"),
+    (dict(defects={"substitutions": {0: "U"}}), "not among those the loaded weights"),
+])
+def test_errors_leave_atoms_untouched(host, kwargs, msg):
+    model = tiny_model(elements=[16, 34, 42, 74])
+    before = snapshot(host)
+    with pytest.raises(ValueError, match=msg):
+        DefiNetRelaxer(host, model=model, logfile=None, **kwargs)
+    assert same(before, snapshot(host))
+
+
+def test_mismatched_pair_and_bad_calls(host, spec, model):
+    d = DefectSpec.from_any(spec).apply(host)
+    d.positions[0] += [0.0, 0.0, 2.0]
+    before = snapshot(d)
+    with pytest.raises(ValueError, match="does not match its host"):
+        DefiNetRelaxer(d, pristine=host, model=model, logfile=None)
+    assert same(before, snapshot(d))
+    with pytest.raises(ValueError, match="not both"):
+        DefiNetRelaxer(host, defects=spec, pristine=host, model=model)
+    r = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
+    with pytest.raises(ValueError, match="needs a calculator"):
+        r.run(fmax=0.05)
+    assert r.nsteps == 0
+
+
+def test_polish_mode_reaches_fmax_with_emt():
+    host = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    host.calc = EMT()
+    model = tiny_model(cutoff=4.0)
+    with torch.no_grad():  # a gentle random model: small initial displacements
+        for layer in model.layers:
+            layer.W_vec.weight.mul_(0.05)
+            layer.coord_q[-1].weight.mul_(0.05)
+    log = io.StringIO()
+    r = DefiNetRelaxer(host, defects={"vacancies": [0]}, model=model, logfile=log)
+    assert r.run(fmax=0.02) is True
+    assert np.linalg.norm(r.atoms.get_forces(), axis=1).max() < 0.02
+    assert r.nsteps > model.config.layers
+    text = log.getvalue()
+    assert "DefiNetRelaxer:" in text and "BFGS:" in text
+    r2 = DefiNetRelaxer(host, defects={"vacancies": [0]}, model=model, logfile=None,
+                        polish_optimizer="FIRE")
+    assert r2.run(fmax=0.02, steps=2) is False  # capped polish: not converged
+    assert r2.nsteps == model.config.layers + 2
+
+
+def test_auto_detects_builtin_host(model):
+    mos2 = get_host("MoS2")
+    host = mos2.pristine((3, 3, 1))
+    d = DefectSpec(vacancies=(5,), substitutions={0: 74}).apply(host)
+    r = DefiNetRelaxer(d, model=model, logfile=None)
+    assert r.structure.spec == DefectSpec(vacancies=(5,), substitutions={0: 74})
+    lone = d.copy()
+    lone.positions[:, 2] += 3.0  # matches no registered host
+    with pytest.warns(UserWarning, match="no registered host"):
+        r = DefiNetRelaxer(lone, model=model, logfile=None)
+    assert r.structure.spec.n_defects == 0
+
+
+def test_relax_many_matches_one_by_one(host, model):
+    specs = [{"vacancies": [1]}, {"substitutions": {0: "W"}}, {"vacancies": [3, 8]}]
+    d = DefectSpec.from_any(specs[2]).apply(host)
+    items = [(host, specs[0]), (host, specs[1]), (d, host)]
+    before = snapshot(host)
+    out = relax_many(items, model=model, batch_size=2, progress=False)
+    assert same(before, snapshot(host))
+    for (a, b), got in zip(items, out):
+        kw = {"pristine": b} if hasattr(b, "cell") else {"defects": b}
+        ref = DefiNetRelaxer(a.copy(), model=model, logfile=None, **kw)
+        ref.run()
+        assert got.get_chemical_formula() == ref.atoms.get_chemical_formula()
+        assert np.abs(got.positions - ref.atoms.positions).max() < 1e-5
+    with pytest.raises(ValueError, match="item 1: .*out of range"):
+        relax_many([(host, specs[0]), (host, {"vacancies": [99]})], model=model)
+
+
+def test_device_resolution(monkeypatch):
+    monkeypatch.delenv("DEFINET_DEVICE", raising=False)
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setenv("DEFINET_DEVICE", "cpu")
+    assert resolve_device(None).type == "cpu"
+    with pytest.raises(ValueError, match="invalid device"):
+        resolve_device("quantum")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+        monkeypatch.delenv("DEFINET_DEVICE")
+        assert resolve_device(None).type == "cpu"
