@@ -30,7 +30,8 @@ def spec() -> dict:
 
 def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **kw) -> DefiNet:
     torch.manual_seed(seed)
-    kw = {"hidden": 32, "layers": 3, "cutoff": 5.0, "max_neighbors": 24, **kw}
+    kw = {"hidden": 32, "layers": 3, "cutoff": 5.0, "max_neighbors": 24,
+          "displacement_init": 1.0, **kw}  # full-size random displacements: a hard test
     return DefiNet(**kw).to(dtype)
 
 

@@ -140,11 +140,7 @@ def test_mismatched_pair_and_bad_calls(host, spec, model):
 def test_polish_mode_reaches_fmax_with_emt():
     host = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
     host.calc = EMT()
-    model = tiny_model(cutoff=4.0)
-    with torch.no_grad():  # a gentle random model: small initial displacements
-        for layer in model.layers:
-            layer.W_vec.weight.mul_(0.05)
-            layer.coord_q[-1].weight.mul_(0.05)
+    model = tiny_model(cutoff=4.0, displacement_init=0.05)  # gentle random displacements
     log = io.StringIO()
     r = DefiNetRelaxer(host, defects={"vacancies": [0]}, model=model, logfile=log)
     assert r.run(fmax=0.02) is True

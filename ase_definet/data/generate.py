@@ -193,6 +193,11 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    run_from_args(args)
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    """Run the generator from parsed command-line arguments (``definet generate``)."""
     materials = host_names() if args.materials == ["all"] else args.materials
     batches = plan_jobs(materials, args.high, args.low, args.seed, args.batch_size)
     k, n = args.shard

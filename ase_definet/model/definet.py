@@ -33,6 +33,9 @@ class DefiNetConfig:
         elements: atomic numbers the element embedding knows.
         tau: temperature of the smooth consensus activation (0: the paper's hard rule).
         edge_chunk: edges processed per chunk (bounds the working set on large cells).
+        displacement_init: scale of the initial weights of the two displacement heads
+            (RPV2Disp's last layer and W_Vec). Relaxation displacements are small
+            (~0.01-0.5 Å), so an untrained model should start close to the identity.
     """
 
     hidden: int = 512
@@ -43,6 +46,7 @@ class DefiNetConfig:
     elements: list[int] = field(default_factory=lambda: list(range(1, 95)))
     tau: float = 0.05
     edge_chunk: int = 8192
+    displacement_init: float = 0.01
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +179,11 @@ class DefiNet(nn.Module):
         self.rbf = GaussianRBF(cfg.n_rbf, cfg.cutoff)
         self.layers = nn.ModuleList(DefiNetLayer(F, cfg.n_rbf, cfg.tau)
                                     for _ in range(cfg.layers))
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.W_vec.weight.mul_(cfg.displacement_init)
+                layer.coord_q[-1].weight.mul_(cfg.displacement_init)
+                layer.coord_q[-1].bias.zero_()
 
     @property
     def elements(self) -> list[int]:

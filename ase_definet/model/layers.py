@@ -58,7 +58,8 @@ class ConsensusActivation(nn.Module):
         dot = (c * y).sum(dim=1, keepdim=True)  # (n, 1, F)
         if self.tau <= 0:
             return torch.where(dot > 0, y, y + c)
-        norm = c.norm(dim=1, keepdim=True) * y.norm(dim=1, keepdim=True) + 1e-9
+        norm = torch.sqrt((c * c).sum(dim=1, keepdim=True) * (y * y).sum(dim=1, keepdim=True)
+                          + 1e-18)
         return y + c * torch.sigmoid(-dot / (norm * self.tau))
 
 

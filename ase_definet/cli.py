@@ -1,0 +1,164 @@
+"""The ``definet`` command line.
+
+    definet demo                                  # relax a built-in defective MoS2 cell
+    definet relax defective.cif --pristine host.cif -o relaxed.cif
+    definet relax host.cif --vacancies 3 7 --substitute 0:W -o relaxed.extxyz
+    definet info default
+    definet generate ...   definet train ...   definet finetune ...   definet evaluate ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("ase_definet.cli")
+
+
+def write_atomic(path: str | Path, atoms, fmt: str | None = None) -> None:
+    """Write ``atoms`` with ase.io to ``path`` via a temporary file and a rename, so an
+    existing file is replaced only by a complete new one."""
+    from ase.io import write
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp, atoms, format=fmt or _format_of(path))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _format_of(path: Path) -> str | None:
+    from ase.io.formats import filetype
+
+    try:
+        return filetype(str(path), read=False)
+    except Exception:  # ase raises several types for unknown names
+        return None
+
+
+def _parse_substitutions(items: list[str]) -> dict[int, str]:
+    subs = {}
+    for item in items:
+        site, _, element = item.partition(":")
+        if not element or not site.strip().lstrip("-").isdigit():
+            raise ValueError(f"--substitute expects SITE:ELEMENT (e.g. 0:W), got {item!r}")
+        subs[int(site)] = element.strip()
+    return subs
+
+
+def cmd_relax(args: argparse.Namespace) -> int:
+    from ase.io import read
+
+    from .relaxer import DefiNetRelaxer
+
+    atoms = read(args.input)
+    pristine = read(args.pristine) if args.pristine else None
+    defects = None
+    if args.vacancies or args.substitute:
+        defects = {"vacancies": args.vacancies or [],
+                   "substitutions": _parse_substitutions(args.substitute or [])}
+    with DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
+                        device=args.device, logfile=None if args.quiet else "-",
+                        trajectory=args.trajectory) as relaxer:
+        relaxer.run()
+        write_atomic(args.output, relaxer.atoms, args.format)
+    logger.info("wrote %s (%d atoms; %s)", args.output, len(relaxer.atoms),
+                relaxer.todict()["defects"])
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import _resolve_path, read_metadata
+    from ase.data import chemical_symbols
+
+    path = _resolve_path(args.weights)
+    cfg, meta = read_metadata(path)
+    d = cfg.to_dict()
+    d["elements"] = [chemical_symbols[z] for z in d["elements"]]
+    print(json.dumps({"path": str(path), "config": d, "metadata": meta}, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(model=args.model, device=args.device, output=args.output)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="definet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("relax", help="relax one defect structure")
+    r.add_argument("input", help="defective structure, or the host with --vacancies/--substitute")
+    r.add_argument("--pristine", help="pristine host of a defective INPUT")
+    r.add_argument("--vacancies", type=int, nargs="+", help="vacant host site indices")
+    r.add_argument("--substitute", nargs="+", metavar="SITE:ELEMENT",
+                   help="substitutions on host sites, e.g. 0:W 5:Se")
+    r.add_argument("-o", "--output", required=True, help="output file (any ase.io format)")
+    r.add_argument("--format", help="ase.io format of the output (default: from its name)")
+    r.add_argument("--model", default="default", help="weights name or checkpoint path")
+    r.add_argument("--device", help="torch device (default: $DEFINET_DEVICE, CUDA, CPU)")
+    r.add_argument("--trajectory", help="write the input and every layer to this .traj")
+    r.add_argument("-q", "--quiet", action="store_true", help="no per-layer log")
+    r.set_defaults(func=cmd_relax)
+
+    i = sub.add_parser("info", help="show a checkpoint's settings and model card data")
+    i.add_argument("weights", nargs="?", default="default", help="weights name or path")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="relax a built-in defective MoS2 cell and show what moved")
+    d.add_argument("--model", default="default")
+    d.add_argument("--device")
+    d.add_argument("-o", "--output", help="also write the relaxed structure here")
+    d.set_defaults(func=cmd_demo)
+
+    from .data.generate import build_parser as generate_parser
+
+    generate_parser(sub.add_parser("generate", help="label defect pairs with a teacher"))
+    sub.choices["generate"].set_defaults(func=_run_generate)
+    _add_training_commands(sub)
+    return p
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .data.generate import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
+def _add_training_commands(sub) -> None:
+    try:
+        from .train.cli import add_commands
+    except ImportError:  # training module not available
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"definet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""``definet train``, ``definet finetune`` and ``definet evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .dataset import PairDataset, load_dataset, load_pairs
+
+logger = logging.getLogger(__name__)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", help="ase.db files/folders/globs, a 2DMD root, or "
+                   "an extxyz file of (unrelaxed, relaxed) frames (with --pristine)")
+    p.add_argument("--pristine", help="pristine host for extxyz pairs")
+    p.add_argument("--format", dest="fmt", default="auto", choices=["auto", "db", "2dmd", "extxyz"])
+    p.add_argument("--material", help="only pairs of this material")
+    p.add_argument("--cache-dir", help="cache built graphs here (ase.db sources)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p)
+    p.add_argument("--config", help="JSON or TOML file of training settings")
+    p.add_argument("--out", help="output folder (resumes if it holds last.pt)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lr-factor", type=float)
+    p.add_argument("--lr-patience", type=int)
+    p.add_argument("--clip-grad", type=float)
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--early-stop", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-hours", type=float)
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation share when the pairs carry no split")
+    p.add_argument("--description", help="what the training data is (for the model card)")
+    for name in ("hidden", "layers", "max-neighbors", "n-rbf"):
+        p.add_argument(f"--{name}", type=int, help="model hyperparameter")
+    p.add_argument("--cutoff", type=float, help="model graph cutoff, Å")
+
+
+def add_commands(sub) -> None:
+    t = sub.add_parser("train", help="train DefiNet on (unrelaxed, relaxed) pairs")
+    _add_train_args(t)
+    t.set_defaults(func=cmd_train)
+    f = sub.add_parser("finetune", help="fine-tune a checkpoint on new pairs")
+    f.add_argument("--from", dest="init_from", default="default",
+                   help="weights name or checkpoint to start from")
+    _add_train_args(f)
+    f.set_defaults(func=cmd_train)
+    e = sub.add_parser("evaluate", help="coordinate MAE, A3-A6 and the Dummy baseline")
+    e.add_argument("--model", default="default", help="weights name or checkpoint")
+    _add_data_args(e)
+    e.add_argument("--split", default="test", help="split to evaluate ('all' for every pair)")
+    e.add_argument("--out-dir", default=".", help="folder for the CSV and the PNG")
+    e.add_argument("--name", default="evaluation", help="file name stem of the CSV/PNG")
+    e.add_argument("--device")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.set_defaults(func=cmd_evaluate)
+
+
+def build_datasets(data: list[str], cutoff: float, max_neighbors: int | None, *,
+                   pristine: str | None = None, fmt: str = "auto", material: str | None = None,
+                   cache_dir: str | None = None, seed: int = 0,
+                   val_fraction: float = 0.1) -> tuple[PairDataset, PairDataset, PairDataset]:
+    """(train, val, test) datasets; pairs without a split are split at random by ``seed``."""
+    first = Path(data[0])
+    is_db = fmt == "db" or (fmt == "auto" and pristine is None and (
+        first.suffix == ".db" or (first.is_dir() and list(first.glob("*.db")))
+        or any(c in data[0] for c in "*?[")))
+    if is_db:
+        full = load_dataset(data, cutoff, max_neighbors, cache_dir)
+    else:
+        pairs = load_pairs(data if len(data) > 1 else data[0], pristine=pristine, fmt=fmt)
+        full = PairDataset.from_pairs(pairs, cutoff, max_neighbors)
+    if material:
+        full = full.subset(material=material)
+    if len(full) == 0:
+        raise ValueError(f"no pairs found in {data}" + (f" for material {material}" if material else ""))
+    if all(s.info.get("split") in ("train", "val", "test") for s in full.samples):
+        return full.subset(split="train"), full.subset(split="val"), full.subset(split="test")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(full), generator=g).tolist()
+    n_val = max(1, round(val_fraction * len(full)))
+    val = PairDataset([full[i] for i in order[:n_val]])
+    train = PairDataset([full[i] for i in order[n_val:]])
+    logger.info("pairs carry no split: %d train, %d val (seed %d)", len(train), len(val), seed)
+    return train, val, PairDataset([])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..checkpoint import get_model
+    from ..model import DefiNet, DefiNetConfig
+    from .card import write_model_card
+    from .trainer import TrainConfig, Trainer
+
+    keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
+            "clip_grad", "ema_decay", "early_stop", "seed", "device", "threads",
+            "max_hours", "description", "cache_dir")
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if args.data:
+        overrides["data"] = args.data
+    init_from = getattr(args, "init_from", None)
+    if init_from:
+        overrides["init_from"] = init_from
+    cfg = TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)
+    model_over = {k: getattr(args, k) for k in ("hidden", "layers", "max_neighbors", "n_rbf",
+                                                "cutoff") if getattr(args, k) is not None}
+    cfg.model = {**cfg.model, **model_over}
+    model = None
+    if cfg.init_from:
+        if model_over:
+            raise ValueError("fine-tuning keeps the checkpoint's architecture: drop "
+                             f"{sorted(model_over)}")
+        base = get_model(cfg.init_from, "cpu")
+        model = DefiNet(DefiNetConfig.from_dict(base.config.to_dict()))
+        model.load_state_dict(base.state_dict())
+        cutoff, max_nb = model.cutoff, model.max_neighbors
+    else:
+        probe = DefiNetConfig(**cfg.model)
+        cutoff, max_nb = probe.cutoff, probe.max_neighbors
+    train, val, test = build_datasets(cfg.data, cutoff, max_nb, pristine=args.pristine,
+                                      fmt=args.fmt, material=args.material,
+                                      cache_dir=cfg.cache_dir, seed=cfg.seed,
+                                      val_fraction=args.val_fraction)
+    logger.info("pairs: %d train, %d val, %d test", len(train), len(val), len(test))
+    meta = {"data": {"sources": [str(d) for d in cfg.data],
+                     "description": cfg.description, "n_train": len(train),
+                     "n_val": len(val), "n_test": len(test),
+                     "teachers": sorted({str(s.info.get("teacher", "unknown"))
+                                         for s in train.samples})}}
+    if cfg.init_from:
+        meta["finetuned_from"] = str(cfg.init_from)
+    trainer = Trainer(cfg, train, val, model=model, metadata=meta)
+    trainer.try_resume()
+    result = trainer.fit()
+    if trainer.rank == 0 and (Path(cfg.out) / "best.safetensors").exists():
+        write_model_card(Path(cfg.out) / "best.safetensors", test_set=test or None,
+                         device=trainer.device)
+    logger.info("best validation MAE %.4f Å after %d epochs; weights in %s",
+                result["best_val_mae"], result["epochs"], Path(cfg.out) / "best.safetensors")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..checkpoint import get_model
+    from .evaluate import evaluate_model, format_table, plot_parity, write_csv
+
+    model = get_model(args.model, args.device)
+    train, val, test = build_datasets(args.data or ["data"], model.cutoff,
+                                      model.max_neighbors, pristine=args.pristine,
+                                      fmt=args.fmt, material=args.material,
+                                      cache_dir=args.cache_dir, val_fraction=0.0)
+    sets = {"train": train, "val": val, "test": test,
+            "all": PairDataset(train.samples + val.samples + test.samples)}
+    if args.split not in sets:
+        raise ValueError(f"unknown split {args.split!r}; choose from {sorted(sets)}")
+    ds = sets[args.split]
+    if len(ds) == 0:
+        raise ValueError(f"no pairs in split {args.split!r}")
+    dev = next(model.parameters()).device
+    acc, arrays = evaluate_model(model, ds, args.batch_size, dev, progress=True, collect=True)
+    print(f"coordinate MAE [Å] of {args.model} on {len(ds)} pairs ({args.split}); "
+          "'dummy' = the unrelaxed input")
+    print(format_table(acc))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(acc, out / f"{args.name}.csv")
+    plot_parity(arrays, out / f"{args.name}.png", title=f"{args.model} on {args.split}")
+    print(f"wrote {out / (args.name + '.csv')} and {out / (args.name + '.png')}")
+    return 0

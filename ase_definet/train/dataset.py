@@ -1,0 +1,253 @@
+"""Training pairs as graphs: built once, cached, batched.
+
+Sources: ``ase.db`` files of the pair schema (:mod:`ase_definet.data.store`), the real
+2DMD folder layout (:mod:`ase_definet.data.twodmd`), and extxyz files of alternating
+(unrelaxed, relaxed) frames plus a pristine host.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.io import read
+from tqdm.auto import tqdm
+
+from ..data.store import Pair, iter_pairs
+from ..graph import Graph, GraphBatch, build_graph, collate
+from ..matching import DEFAULT_TOLERANCE, match_to_host
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One training example.
+
+    Attributes:
+        graph: the defect graph at the unrelaxed coordinates.
+        target: (n_sites, 3) Å relaxed coordinates (vacancy rows: the input, unused).
+        mask: (n_sites,) bool, True for atoms (False for vacancy placeholders).
+        info: material, density, split, ... of the pair.
+    """
+
+    graph: Graph
+    target: np.ndarray
+    mask: np.ndarray
+    info: dict[str, Any]
+
+    @property
+    def defect_sites(self) -> np.ndarray:
+        return np.flatnonzero(self.graph.markers > 0)
+
+    def near_defect(self) -> np.ndarray:
+        """(n_sites,) periodic distance (Å) of every site to the nearest defect site."""
+        if getattr(self, "_near", None) is None:
+            from .metrics import distance_to_defects
+
+            self._near = distance_to_defects(self.graph.positions, self.graph.cell,
+                                             self.defect_sites)
+        return self._near
+
+
+def pair_to_sample(pair: Pair, cutoff: float, max_neighbors: int | None) -> Sample:
+    """Build the graph of a pair and its per-site targets."""
+    n = len(pair.pristine)
+    idx = pair.site_index
+    site_pos = pair.pristine.positions.copy()
+    site_pos[idx] = pair.unrelaxed.positions
+    target = site_pos.copy()
+    target[idx] = pair.relaxed_positions
+    mask = np.zeros(n, dtype=bool)
+    mask[idx] = True
+    spec = pair.spec
+    graph = build_graph(spec.site_numbers(pair.pristine), spec.markers(n), site_pos,
+                        pair.pristine.cell[:], pair.pristine.pbc, cutoff, max_neighbors)
+    info = {k: v for k, v in pair.info.items() if isinstance(v, (str, int, float, bool))}
+    return Sample(graph=graph, target=target, mask=mask, info=info)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """A list of :class:`Sample` (graphs built once)."""
+
+    def __init__(self, samples: Sequence[Sample]):
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.samples[i]
+
+    @property
+    def elements(self) -> list[int]:
+        return sorted({int(z) for s in self.samples for z in np.unique(s.graph.numbers)})
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[Pair], cutoff: float, max_neighbors: int | None,
+                   progress: bool = True) -> PairDataset:
+        return cls([pair_to_sample(p, cutoff, max_neighbors)
+                    for p in tqdm(pairs, desc="building graphs", unit="pair",
+                                  disable=not progress)])
+
+    def subset(self, **where: Any) -> PairDataset:
+        """Samples whose info matches every key, e.g. ``split="val"``."""
+        return PairDataset([s for s in self.samples
+                            if all(s.info.get(k) == v for k, v in where.items())])
+
+
+@dataclass
+class Batch:
+    """A training batch: the graph batch, targets (N, 3) Å and the atom mask (N,)."""
+
+    graph: GraphBatch
+    target: torch.Tensor
+    mask: torch.Tensor
+    infos: list[dict[str, Any]]
+
+    def to(self, device, dtype=None) -> Batch:
+        return Batch(self.graph.to(device, dtype),
+                     self.target.to(device=device, dtype=dtype or self.target.dtype),
+                     self.mask.to(device), self.infos)
+
+
+def collate_samples(samples: Sequence[Sample], dtype: torch.dtype = torch.float32) -> Batch:
+    return Batch(graph=collate([s.graph for s in samples], dtype=dtype),
+                 target=torch.from_numpy(np.concatenate([s.target for s in samples])).to(dtype),
+                 mask=torch.from_numpy(np.concatenate([s.mask for s in samples])),
+                 infos=[s.info for s in samples])
+
+
+def iter_batches(dataset: PairDataset, batch_size: int, shuffle: bool,
+                 generator: torch.Generator | None = None, rank: int = 0,
+                 world_size: int = 1) -> Iterator[Batch]:
+    """Batches in a seeded random (or fixed) order; with ``world_size > 1`` each rank
+    gets every ``world_size``-th batch (DDP)."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+    batches = [order[a:a + batch_size] for a in range(0, n, batch_size)]
+    if world_size > 1:  # equal number of batches per rank
+        batches = batches[: len(batches) // world_size * world_size][rank::world_size]
+    for b in batches:
+        yield collate_samples([dataset[i] for i in b])
+
+
+# ------------------------------------------------------------------ sources
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand globs and folders (a folder means its ``*.db`` files)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out += sorted(p.glob("*.db"))
+        elif any(c in str(p) for c in "*?["):
+            out += sorted(Path(x) for x in glob.glob(str(p)))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ValueError(f"no such data file or folder: {p}")
+    if not out:
+        raise ValueError(f"no data files found in {[str(p) for p in paths]}")
+    return out
+
+
+def read_extxyz_pairs(path: str | Path, pristine: Atoms | str | Path,
+                      tolerance: float = DEFAULT_TOLERANCE) -> list[Pair]:
+    """Pairs from an extxyz (or any ase.io) file of alternating unrelaxed and relaxed
+    frames, with the pristine host given separately. Atoms of a relaxed frame are in
+    the order of the unrelaxed frame before it."""
+    host = read(pristine) if not isinstance(pristine, Atoms) else pristine
+    frames = read(path, ":")
+    if len(frames) % 2:
+        raise ValueError(f"{path}: expected alternating unrelaxed/relaxed frames, got an odd "
+                         f"number ({len(frames)})")
+    pairs = []
+    for k in range(0, len(frames), 2):
+        unrelaxed, relaxed = frames[k], frames[k + 1]
+        if not np.array_equal(unrelaxed.numbers, relaxed.numbers):
+            raise ValueError(f"{path}: frames {k} and {k + 1} have different atoms")
+        m = match_to_host(unrelaxed, host, tolerance)
+        order = np.argsort(m.site_index)  # host order
+        disp = relaxed.positions - unrelaxed.positions
+        start = host.positions[m.site_index] + m.offsets  # unwrapped next to the sites
+        un = unrelaxed[order]
+        un.positions = start[order]
+        info = {"source": str(path), "frame": k // 2, **{key: v for key, v in
+                unrelaxed.info.items() if isinstance(v, (str, int, float, bool))}}
+        pairs.append(Pair(unrelaxed=un, relaxed_positions=(start + disp)[order],
+                          pristine=host.copy(), spec=m.spec, info=info))
+    return pairs
+
+
+def load_pairs(source: str | Path | Sequence[str | Path], *, pristine: str | Path | None = None,
+               fmt: str = "auto", **selection: Any) -> list[Pair]:
+    """Read pairs from ``ase.db`` files/folders/globs (``fmt="db"``), a 2DMD root
+    (``fmt="2dmd"``) or an extxyz file with ``pristine`` (``fmt="extxyz"``)."""
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if fmt == "auto":
+        first = Path(sources[0])
+        fmt = ("extxyz" if pristine is not None else
+               "2dmd" if first.is_dir() and not list(first.glob("*.db")) else "db")
+    if fmt == "db":
+        return list(iter_pairs(expand_paths(sources), **selection))
+    if fmt == "extxyz":
+        if pristine is None:
+            raise ValueError("extxyz pairs need the pristine host (--pristine)")
+        return [p for s in sources for p in read_extxyz_pairs(s, pristine)]
+    if fmt == "2dmd":
+        from ..data.twodmd import read_2dmd
+
+        return [p for s in sources for p in read_2dmd(s, **selection)]
+    raise ValueError(f"unknown data format {fmt!r}; choose from ['auto', 'db', '2dmd', 'extxyz']")
+
+
+def cache_key(paths: Sequence[Path], cutoff: float, max_neighbors: int | None) -> str:
+    h = hashlib.sha1(f"{cutoff}|{max_neighbors}|v1".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_dataset(paths: Sequence[str | Path], cutoff: float, max_neighbors: int | None,
+                 cache_dir: str | Path | None = None, progress: bool = True) -> PairDataset:
+    """All converged pairs of ``ase.db`` files as a :class:`PairDataset`; the built graphs
+    are cached in ``cache_dir`` (keyed by the files and graph settings)."""
+    files = expand_paths(paths)
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"graphs-{cache_key(files, cutoff, max_neighbors)}.pt"
+        if cache.exists():
+            return PairDataset([_sample_from_dict(d) for d in
+                                torch.load(cache, weights_only=True)])
+    ds = PairDataset.from_pairs(iter_pairs(files), cutoff, max_neighbors, progress)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save([_sample_to_dict(s) for s in ds.samples], tmp)
+        tmp.replace(cache)
+    return ds
+
+
+def _sample_to_dict(s: Sample) -> dict[str, Any]:
+    g = s.graph
+    return {"numbers": torch.from_numpy(g.numbers), "markers": torch.from_numpy(g.markers),
+            "positions": torch.from_numpy(g.positions), "edge_index": torch.from_numpy(g.edge_index),
+            "shifts": torch.from_numpy(g.shifts), "cell": torch.from_numpy(g.cell),
+            "target": torch.from_numpy(s.target), "mask": torch.from_numpy(s.mask),
+            "info": dict(s.info)}
+
+
+def _sample_from_dict(d: dict[str, Any]) -> Sample:
+    g = Graph(numbers=d["numbers"].numpy(), markers=d["markers"].numpy(),
+              positions=d["positions"].numpy(), edge_index=d["edge_index"].numpy(),
+              shifts=d["shifts"].numpy(), cell=d["cell"].numpy())
+    return Sample(graph=g, target=d["target"].numpy(), mask=d["mask"].numpy(), info=d["info"])

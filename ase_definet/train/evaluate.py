@@ -1,0 +1,115 @@
+"""Evaluate a checkpoint on pairs: MAE, A3-A6, the Dummy baseline, per material and
+density; a table, a CSV and a parity / displacement-error plot."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..model import DefiNet
+from .dataset import PairDataset, iter_batches
+from .metrics import RADII, ErrorAccumulator, sample_groups
+
+logger = logging.getLogger(__name__)
+
+REGIONS = ["all"] + [f"A{int(r)}" for r in RADII]
+
+
+@torch.inference_mode()
+def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
+                   device: torch.device | str = "cpu", progress: bool = False,
+                   collect: bool = False) -> tuple[ErrorAccumulator, dict[str, np.ndarray]]:
+    """Per-atom errors of ``model`` (regions ``all``, ``A3``..) and of the Dummy baseline
+    (``dummy_all``, ``dummy_A3``..) over the atoms (not vacancies) of ``dataset``.
+
+    With ``collect``, also returns the arrays needed for plots: true and predicted
+    displacements (n, 3) Å and the distance of each atom to the nearest defect.
+    """
+    was = model.training
+    model.eval()
+    acc = ErrorAccumulator()
+    dtype = next(model.parameters()).dtype
+    keep: dict[str, list] = {"true": [], "pred": [], "near": []}
+    k = 0
+    for batch in tqdm(iter_batches(dataset, batch_size, shuffle=False), disable=not progress,
+                      total=-(-len(dataset) // batch_size), desc="evaluating", unit="batch"):
+        b = batch.to(device, dtype)
+        pred = model(b.graph)[-1].double().cpu().numpy()
+        start = batch.graph.positions.double().numpy()
+        target = batch.target.double().numpy()
+        sizes = np.bincount(batch.graph.batch.numpy(), minlength=batch.graph.num_graphs)
+        off = 0
+        for info, n in zip(batch.infos, sizes):
+            sample = dataset[k]
+            k += 1
+            sl = slice(off, off + n)
+            off += n
+            m = sample.mask
+            near = sample.near_defect()[m]
+            err = np.linalg.norm(pred[sl][m] - target[sl][m], axis=1)
+            dummy = np.linalg.norm(start[sl][m] - target[sl][m], axis=1)
+            groups = sample_groups(info)
+            acc.add(groups, err, near)
+            acc.add(groups, dummy, near, prefix="dummy_")
+            if collect:
+                keep["true"].append(target[sl][m] - start[sl][m])
+                keep["pred"].append(pred[sl][m] - start[sl][m])
+                keep["near"].append(near)
+    model.train(was)
+    arrays = {key: np.concatenate(v) if v else np.zeros((0, 3)) for key, v in keep.items()}
+    return acc, arrays
+
+
+def format_table(acc: ErrorAccumulator) -> str:
+    """Text table: per group, model MAE and Dummy MAE (Å) for all atoms and A3-A6."""
+    head = f"{'group':<16}{'n_atoms':>8}" + "".join(f"{r:>9}{'dummy':>8}" for r in REGIONS)
+    lines = [head, "-" * len(head)]
+    for g in acc.groups():
+        cells = "".join(f"{acc.mae(g, r):9.4f}{acc.mae(g, 'dummy_' + r):8.4f}" for r in REGIONS)
+        lines.append(f"{g:<16}{acc.counts[(g, 'all')]:>8}{cells}")
+    return "\n".join(lines)
+
+
+def write_csv(acc: ErrorAccumulator, path: str | Path) -> None:
+    cols = REGIONS + [f"dummy_{r}" for r in REGIONS]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "n_atoms"] + [f"mae_{c}" for c in cols])
+        for g in acc.groups():
+            w.writerow([g, acc.counts[(g, "all")]] + [f"{acc.mae(g, c):.6f}" for c in cols])
+
+
+def plot_parity(arrays: dict[str, np.ndarray], path: str | Path, title: str = "") -> None:
+    """Parity of predicted vs true displacement components, and |error| vs distance to
+    the nearest defect, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    true, pred, near = arrays["true"], arrays["pred"], arrays["near"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.4))
+    lim = float(max(np.abs(true).max(initial=0.1), np.abs(pred).max(initial=0.1))) * 1.05
+    for c, name in enumerate("xyz"):
+        a.scatter(true[:, c], pred[:, c], s=3, alpha=0.4, label=name)
+    a.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
+    a.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="teacher displacement [Å]",
+          ylabel="DefiNet displacement [Å]", title="parity (per component)")
+    a.legend(markerscale=4)
+    err = np.linalg.norm(pred - true, axis=1)
+    dummy = np.linalg.norm(true, axis=1)
+    finite = np.isfinite(near)
+    b.scatter(near[finite], dummy[finite], s=3, alpha=0.3, c="0.6", label="Dummy (input)")
+    b.scatter(near[finite], err[finite], s=3, alpha=0.4, c="C3", label="DefiNet")
+    b.set(xlabel="distance to nearest defect [Å]", ylabel="|position error| [Å]",
+          title="displacement error")
+    b.legend(markerscale=4)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -1,0 +1,289 @@
+"""Training and fine-tuning DefiNet (the paper's recipe by default).
+
+AdamW (lr 1e-4), ReduceLROnPlateau (factor 0.8, patience 5) on the validation MAE,
+gradient clipping, an exponential moving average (EMA, decay 0.999) of the weights that
+is validated and saved, loss = mean distance between predicted and relaxed positions
+over atoms (vacancy placeholders excluded), early stopping on the validation MAE.
+
+Output folder: ``best.safetensors`` (EMA weights of the best epoch, a normal
+checkpoint), ``best.md`` (its model card), ``last.pt`` (the full training state, loaded
+with ``torch.load(weights_only=True)``; a killed run resumes from it and reaches the
+same result), ``log.csv`` (one row per epoch), ``config.json``.
+
+Several GPUs or nodes: ``torchrun --nproc_per_node=4 -m ase_definet.train ...``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import save_checkpoint
+from ..device import resolve_device
+from ..model import DefiNet, DefiNetConfig
+from .dataset import PairDataset, iter_batches
+from .evaluate import evaluate_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (also readable from a JSON/TOML file)."""
+
+    data: list[str] = field(default_factory=lambda: ["data"])
+    out: str = "runs/definet"
+    model: dict[str, Any] = field(default_factory=lambda: {"hidden": 128, "layers": 4,
+                                                           "max_neighbors": 24})
+    init_from: str | None = None  # weights name or checkpoint: fine-tuning
+    epochs: int = 300
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    lr_factor: float = 0.8
+    lr_patience: int = 5
+    min_lr: float = 1e-6
+    clip_grad: float = 10.0
+    ema_decay: float = 0.999
+    early_stop: int = 40  # epochs without improvement of the validation MAE
+    seed: int = 0
+    device: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    cache_dir: str | None = None
+    threads: int | None = None
+    max_hours: float | None = None  # stop cleanly (resumable) after this long
+    description: str = ""  # what the training data is, for the model card
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        path = Path(path)
+        if path.suffix == ".toml":
+            import tomllib
+
+            d = tomllib.loads(path.read_text())
+        else:
+            d = json.loads(path.read_text())
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) in {path}: {sorted(unknown)}")
+        return cls(**d)
+
+
+class EMA:
+    """Exponential moving average of parameters and buffers (decay warmed up as
+    ``min(decay, (1 + n) / (10 + n))``)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.n = 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n, self.decay = int(state["n"]), float(state["decay"])
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+
+
+def masked_distance_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+                         ) -> torch.Tensor:
+    """Mean Euclidean distance (Å) between ``pred`` and ``target`` over ``mask`` rows."""
+    diff = (pred - target)[mask]
+    return torch.sqrt((diff * diff).sum(dim=1) + 1e-12).mean()
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+class Trainer:
+    """Train (or fine-tune) a DefiNet on a train/val :class:`PairDataset` pair."""
+
+    def __init__(self, config: TrainConfig, train: PairDataset, val: PairDataset,
+                 model: DefiNet | None = None, metadata: dict[str, Any] | None = None):
+        if len(train) == 0 or len(val) == 0:
+            raise ValueError(f"need training and validation pairs (got {len(train)} train, "
+                             f"{len(val)} val)")
+        self.cfg = config
+        self.rank, self.world = _dist_info()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.manual_seed(config.seed)
+        if model is None:
+            model = DefiNet(DefiNetConfig(**{**config.model,
+                                             "elements": train.elements}))
+        missing = sorted(set(train.elements + val.elements) - set(model.elements))
+        if missing:
+            added = model.extend_elements(missing)
+            logger.info("added element(s) %s to the embedding", added)
+        self.model = model.to(self.device)
+        self.train_set, self.val_set = train, val
+        self.metadata = dict(metadata or {})
+        self.net = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                     weight_decay=config.weight_decay)
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=config.lr_factor, patience=config.lr_patience,
+            min_lr=config.min_lr)
+        self.ema = EMA(self.model, config.ema_decay)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+        self.best = math.inf
+        self.bad_epochs = 0
+        self.history: list[dict[str, float]] = []
+        self.out = Path(config.out)
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
+                "history": self.history, "model_config": self.model.config.to_dict(),
+                "train_config": asdict(self.cfg)}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.model.load_state_dict(s["model"])
+        self.ema.load_state_dict(s["ema"])
+        self.opt.load_state_dict(s["opt"])
+        self.sched.load_state_dict(s["sched"])
+        self.gen.set_state(s["gen"])
+        torch.set_rng_state(s["torch_rng"])
+        self.epoch, self.best = int(s["epoch"]), float(s["best"])
+        self.bad_epochs, self.history = int(s["bad_epochs"]), list(s["history"])
+
+    def try_resume(self) -> bool:
+        """Load ``out/last.pt`` if it exists (weights only, no code is unpickled)."""
+        last = self.out / "last.pt"
+        if not last.exists():
+            return False
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state["model_config"] != self.model.config.to_dict():
+            raise ValueError(f"{last} was written by a different model configuration; "
+                             "use another --out folder to start a new run")
+        self.load_state_dict(state)
+        logger.info("resumed from %s at epoch %d (best val MAE %.4f Å)", last, self.epoch,
+                    self.best)
+        return True
+
+    def _save_atomic(self, obj: Any, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+
+    def ema_model(self) -> DefiNet:
+        m = DefiNet(DefiNetConfig.from_dict(self.model.config.to_dict()))
+        m.load_state_dict(self.ema.shadow)
+        return m.to(self.device)
+
+    # -------------------------------------------------------------- loop
+    def train_epoch(self) -> float:
+        self.net.train()
+        total, n = 0.0, 0
+        nb = -(-len(self.train_set) // self.cfg.batch_size) // self.world
+        for batch in tqdm(iter_batches(self.train_set, self.cfg.batch_size, True, self.gen,
+                                       self.rank, self.world), total=nb, leave=False,
+                          desc=f"epoch {self.epoch + 1}", unit="batch",
+                          disable=self.rank != 0):
+            b = batch.to(self.device)
+            pred = self.net(b.graph)[-1]
+            loss = masked_distance_loss(pred, b.target, b.mask)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+            self.opt.step()
+            self.ema.update(self.model)
+            total += float(loss.detach())
+            n += 1
+        return total / max(n, 1)
+
+    def fit(self) -> dict[str, float]:
+        """Run until ``epochs``, early stopping or ``max_hours``; returns the best metrics."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        t_start = time.time()
+        while self.epoch < self.cfg.epochs and self.bad_epochs < self.cfg.early_stop:
+            t0 = time.time()
+            train_loss = self.train_epoch()
+            ema = self.ema_model()
+            acc, _ = evaluate_model(ema, self.val_set, self.cfg.batch_size, self.device)
+            val_mae, val_a3 = acc.mae(), acc.mae(region="A3")
+            self.sched.step(val_mae)
+            self.epoch += 1
+            improved = val_mae < self.best - 1e-7
+            if improved:
+                self.best, self.bad_epochs = val_mae, 0
+            else:
+                self.bad_epochs += 1
+            row = {"epoch": self.epoch, "train_loss": train_loss, "val_mae": val_mae,
+                   "val_a3": val_a3, "val_dummy_mae": acc.mae(region="dummy_all"),
+                   "lr": self.opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+            self.history.append(row)
+            if self.rank == 0:
+                self._log_row(row)
+                if improved:
+                    self._save_best(ema, row)
+                self._save_atomic(self.state_dict(), self.out / "last.pt")
+            logger.info("epoch %d: train %.4f  val MAE %.4f (dummy %.4f)  A3 %.4f  lr %.2e%s",
+                        self.epoch, train_loss, val_mae, row["val_dummy_mae"], val_a3,
+                        row["lr"], "  *" if improved else "")
+            if self.cfg.max_hours and time.time() - t_start > self.cfg.max_hours * 3600:
+                logger.info("stopping after %.2f h (max_hours); rerun to resume",
+                            (time.time() - t_start) / 3600)
+                break
+        return {"best_val_mae": self.best, "epochs": self.epoch}
+
+    def _log_row(self, row: dict[str, float]) -> None:
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def _save_best(self, ema: DefiNet, row: dict[str, float]) -> None:
+        meta = {**self.metadata, "training": {
+            k: v for k, v in asdict(self.cfg).items() if k not in ("device", "threads")},
+            "selected_epoch": row["epoch"],
+            "metrics": {"val_mae": row["val_mae"], "val_a3": row["val_a3"],
+                        "val_dummy_mae": row["val_dummy_mae"]},
+            "n_train": len(self.train_set), "n_val": len(self.val_set)}
+        save_checkpoint(ema, self.out / "best.safetensors", meta)
