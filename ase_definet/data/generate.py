@@ -159,6 +159,14 @@ def _finish(partial: Path, final: Path) -> None:
     logger.info("batch complete: %s", final)
 
 
+def select_shard(batches: list[list[Job]], k: int, n: int) -> list[list[Job]]:
+    """Shard ``k`` of ``n``: every n-th batch file (sorted by name), so shards of a job
+    array never write to the same file; their outputs merge by copying the files."""
+    names = sorted({b[0].file for b in batches})
+    mine = {name for i, name in enumerate(names) if i % n == k}
+    return [b for b in batches if b[0].file in mine]
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(x) for x in text.split("/"))
@@ -200,10 +208,7 @@ def run_from_args(args: argparse.Namespace) -> None:
     """Run the generator from parsed command-line arguments (``definet generate``)."""
     materials = host_names() if args.materials == ["all"] else args.materials
     batches = plan_jobs(materials, args.high, args.low, args.seed, args.batch_size)
-    k, n = args.shard
-    names = sorted({b[0].file for b in batches})
-    mine = {name for i, name in enumerate(names) if i % n == k}
-    batches = [b for b in batches if b[0].file in mine]
+    batches = select_shard(batches, *args.shard)
     run(args.out, args.partial_dir or args.out / "partial", batches, workers=args.workers,
         threads=args.threads, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
         teacher=args.teacher)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 
 from ase.calculators.calculator import Calculator
 
 logger = logging.getLogger(__name__)
 
-TEACHERS = ("chgnet",)
 
 
 @lru_cache(maxsize=1)
@@ -54,11 +54,31 @@ def chgnet_calculator(device: str = "cpu", stress: bool = False) -> Calculator:
         return _Teacher(model=model, use_device=device)
 
 
+def _emt(device: str = "cpu") -> Calculator:
+    from ase.calculators.emt import EMT
+
+    return EMT()
+
+
+#: name -> factory(device) of an ASE calculator. EMT (metals only) is for tests and demos.
+TEACHERS: dict[str, Callable[..., Calculator]] = {
+    "chgnet": lambda device="cpu": chgnet_calculator(device=device),
+    "emt": _emt,
+}
+
+
+def register_teacher(name: str, factory: Callable[..., Calculator]) -> None:
+    """Make an ASE calculator factory ``factory(device=...)`` available by name."""
+    TEACHERS[name] = factory
+
+
 def get_teacher(name: str = "chgnet", device: str = "cpu") -> Calculator:
     """Return a teacher calculator by name; the error lists the valid names."""
-    if name == "chgnet":
-        return chgnet_calculator(device=device)
-    raise ValueError(f"unknown teacher {name!r}; known teachers: {list(TEACHERS)}")
+    try:
+        factory = TEACHERS[name]
+    except KeyError:
+        raise ValueError(f"unknown teacher {name!r}; known teachers: {sorted(TEACHERS)}") from None
+    return factory(device=device)
 
 
 def teacher_version(name: str = "chgnet") -> str:
@@ -66,4 +86,8 @@ def teacher_version(name: str = "chgnet") -> str:
     if name == "chgnet":
         import chgnet
         return f"CHGNet {chgnet.__version__} (model {_chgnet_model().version})"
+    if name == "emt":
+        import ase
+
+        return f"EMT (ase {ase.__version__})"
     return name

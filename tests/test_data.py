@@ -1,0 +1,152 @@
+"""Hosts, defect-configuration generators, splits, the pair store and the generator."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.db import connect
+
+from ase_definet.data import generate
+from ase_definet.data.configs import (HIGH_CONCENTRATIONS, canonical_key,
+                                      high_density_configs, low_density_configs)
+from ase_definet.data.hosts import Host, get_host, host_names, register_host
+from ase_definet.data.splits import assign_split
+from ase_definet.data.store import iter_pairs, row_to_pair
+from ase_definet.data.symmetry import site_permutations
+
+SIZES = {"MoS2": 192, "WSe2": 192, "hBN": 128, "GaSe": 144, "InSe": 144, "BP": 144}
+
+
+def cu_host() -> Host:
+    h = Host(name="CuTest", unit_cell=bulk("Cu", "fcc", a=3.6, cubic=True), supercell=(2, 2, 2),
+             substitutions={"Cu": ("Ag", "Au")}, vacancies=("Cu",))
+    register_host(h, overwrite=True)
+    return h
+
+
+def test_builtin_hosts():
+    assert set(SIZES) <= set(host_names())
+    for name, n in SIZES.items():
+        p = get_host(name).pristine()
+        assert len(p) == n, name
+        assert p.cell[2, 2] == pytest.approx(20.0) and p.pbc.all()
+    with pytest.raises(ValueError, match="unknown host 'XYZ'; known hosts"):
+        get_host("XYZ")
+
+
+def test_high_density_configs_balanced_and_reproducible():
+    host = get_host("MoS2")
+    a = high_density_configs(host, 4, seed=3)
+    assert len(a) == 20
+    per_conc = Counter(round(c.concentration, 4) for c in a)
+    assert set(per_conc.values()) == {4} and len(per_conc) == len(HIGH_CONCENTRATIONS)
+    allowed = {(16, 34), (42, 74)}
+    numbers = host.pristine().numbers
+    for c in a:
+        assert c.spec.n_defects == max(1, round(c.concentration * 192))
+        for site, z in c.spec.substitutions.items():
+            assert (numbers[site], z) in allowed
+    b = high_density_configs(host, 6, seed=3)
+    assert [c.spec for c in a] == [c.spec for c in b[:20]]  # prefix-stable
+    assert [c.spec for c in high_density_configs(host, 4, seed=4)] != [c.spec for c in a]
+
+
+def test_low_density_distinct_up_to_symmetry():
+    host = get_host("MoS2")
+    configs = low_density_configs(host, 40, seed=0)
+    perms = site_permutations(host.pristine())
+    keys = [canonical_key(c.spec, perms) for c in configs]
+    assert len(set(keys)) == 40
+    assert {c.spec.n_defects for c in configs} == {1, 2, 3}
+    assert sum(c.spec.n_defects == 1 for c in configs) == 4  # S->Se, Mo->W, V_Mo, V_S
+    # a symmetry image of a configuration has the same key
+    c = configs[10]
+    img = perms[5][list(c.spec.vacancies)]
+    from ase_definet import DefectSpec
+
+    moved = DefectSpec(vacancies=tuple(int(i) for i in img), substitutions={
+        int(perms[5][s]): z for s, z in c.spec.substitutions.items()})
+    assert canonical_key(moved, perms) == keys[10]
+
+
+def test_site_permutations_preserve_species():
+    p = get_host("MoS2").pristine((3, 3, 1))
+    perms = site_permutations(p)
+    assert perms.shape == (12 * 9, 27)
+    assert np.array_equal(perms[0], np.arange(27))
+    for row in perms:
+        assert sorted(row) == list(range(27))
+        assert np.array_equal(p.numbers[row], p.numbers)
+
+
+def test_splits_are_8_1_1_and_prefix_stable():
+    got = [assign_split("MoS2/high/0.05", k, seed=0) for k in range(100)]
+    assert Counter(got) == {"train": 80, "val": 10, "test": 10}
+    assert got[:37] == [assign_split("MoS2/high/0.05", k, seed=0) for k in range(37)]
+    assert got != [assign_split("MoS2/high/0.05", k, seed=1) for k in range(100)]
+
+
+def test_generate_resume_shards_and_store(tmp_path, monkeypatch):
+    cu_host()
+    batches = generate.plan_jobs(["CuTest"], n_high_per_conc=2, n_low=0, batch_size=4)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    out, part = tmp_path / "data", tmp_path / "partial"
+    real, calls = generate._label, []
+
+    def dies_at_sixth(args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt  # the run is killed while labelling pair 6
+        return real(args)
+
+    monkeypatch.setattr(generate, "_label", dies_at_sixth)
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(out, part, batches, teacher="emt", fmax=0.05, steps=200)
+    assert sorted(p.name for p in out.glob("*.db")) == ["CuTest_high_000.db"]
+    with connect(part / "CuTest_high_001.db") as db:
+        assert db.count() == 1  # pair 5 was written, pair 6 was lost
+    monkeypatch.setattr(generate, "_label", real)
+    generate.run(out, part, batches, teacher="emt", fmax=0.05, steps=200)  # resume
+    files = sorted(out.glob("*.db"))
+    assert [p.name for p in files] == [f"CuTest_high_00{i}.db" for i in range(3)]
+    assert not (part / "CuTest_high_001.db").exists()
+    ids = []
+    for f in files:
+        with connect(f) as db:
+            for row in db.select():
+                ids.append(row.config_id)
+                for key in ("material", "density", "concentration", "split", "teacher",
+                            "relax_fmax", "converged", "steps", "relaxed_energy"):
+                    assert key in row.key_value_pairs, key
+                for key in ("relaxed_positions", "pristine_positions", "pristine_numbers",
+                            "site_index", "vacancies"):
+                    assert key in row.data, key
+                pair = row_to_pair(row)
+                assert np.array_equal(pair.spec.apply(pair.pristine).numbers,
+                                      pair.unrelaxed.numbers)
+                assert row.converged and row.final_fmax < 0.05
+                assert row.energy is not None and row.fmax > row.final_fmax
+    assert sorted(ids) == [f"CuTest-high-{i:05d}" for i in range(10)]  # no duplicates
+    assert len(list(iter_pairs(files, split="train"))) + len(
+        list(iter_pairs(files, split="val"))) + len(list(iter_pairs(files, split="test"))) == 10
+
+
+def test_shards_partition_the_batch_files():
+    cu_host()
+    batches = generate.plan_jobs(["CuTest"], n_high_per_conc=4, n_low=0, batch_size=3)
+    shards = [generate.select_shard(batches, k, 3) for k in range(3)]
+    files = [{b[0].file for b in s} for s in shards]
+    assert set.union(*files) == {b[0].file for b in batches}
+    assert sum(len(f) for f in files) == len(batches)  # disjoint
+
+
+def test_shard_argument():
+    assert generate.parse_shard("1/3") == (1, 3)
+    import argparse
+
+    for bad in ("3/3", "a/b", "1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            generate.parse_shard(bad)
