@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms
+from ase.geometry import find_mic
 from ase.io import read
 from tqdm.auto import tqdm
 
@@ -176,7 +177,8 @@ def read_extxyz_pairs(path: str | Path, pristine: Atoms | str | Path,
             raise ValueError(f"{path}: frames {k} and {k + 1} have different atoms")
         m = match_to_host(unrelaxed, host, tolerance)
         order = np.argsort(m.site_index)  # host order
-        disp = relaxed.positions - unrelaxed.positions
+        # frames may be wrapped independently: the displacement is the minimum image
+        disp, _ = find_mic(relaxed.positions - unrelaxed.positions, host.cell[:], host.pbc)
         start = host.positions[m.site_index] + m.offsets  # unwrapped next to the sites
         un = unrelaxed[order]
         un.positions = start[order]

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from ase.geometry import find_mic
 
 RADII = (3.0, 4.0, 5.0, 6.0)
 
@@ -16,14 +17,10 @@ def distance_to_defects(positions: np.ndarray, cell: np.ndarray, defect_sites: n
                         ) -> np.ndarray:
     """Minimum-image distance (Å) of every site to the nearest defect site, shape (n,);
     ``inf`` when there is no defect. Assumes a periodic cell in every direction."""
-    if len(defect_sites) == 0:
-        return np.full(len(positions), np.inf)
-    inv = np.linalg.inv(cell)
     out = np.full(len(positions), np.inf)
     for d in defect_sites:
-        frac = (positions - positions[d]) @ inv
-        frac -= np.round(frac)
-        out = np.minimum(out, np.linalg.norm(frac @ cell, axis=1))
+        _, dist = find_mic(positions - positions[d], cell, pbc=True)
+        out = np.minimum(out, dist)
     return out
 
 

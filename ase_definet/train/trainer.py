@@ -64,6 +64,7 @@ class TrainConfig:
     cache_dir: str | None = None
     threads: int | None = None
     max_hours: float | None = None  # stop cleanly (resumable) after this long
+    deterministic: bool = True  # deterministic scatter/gather backward: exact resumes
     description: str = ""  # what the training data is, for the model card
 
     @classmethod
@@ -138,6 +139,10 @@ class Trainer:
         self.rank, self.world = _dist_info()
         if config.threads:
             torch.set_num_threads(config.threads)
+        if config.deterministic:
+            # the backward of gathers accumulates in thread order otherwise; Adam turns
+            # those 1e-12 differences into visible ones, breaking exact resumes
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = resolve_device(config.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

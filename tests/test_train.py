@@ -1,0 +1,137 @@
+"""Training: datasets, resumable deterministic trainer, fine-tuning, evaluation CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from ase.io import write
+
+from ase_definet import DefectSpec, load_checkpoint, save_checkpoint
+from ase_definet.cli import main as cli
+from ase_definet.data.store import Pair
+from ase_definet.train import PairDataset, TrainConfig, Trainer
+from ase_definet.train.dataset import read_extxyz_pairs
+from ase_definet.train.metrics import distance_to_defects
+
+from .conftest import small_host, tiny_model
+
+
+def synthetic_pairs(n: int, seed: int = 0, sub: str = "W") -> list[Pair]:
+    """Atoms near a vacancy move 0.2 Å toward it, scaled by exp(-d/2)."""
+    rng = np.random.default_rng(seed)
+    host = small_host(3)
+    pairs = []
+    for k in range(n):
+        vac, s = rng.choice(len(host), 2, replace=False)
+        spec = DefectSpec(vacancies=(int(vac),), substitutions={int(s): sub})
+        un = spec.apply(host)
+        un.rattle(0.02, seed=k)
+        d = un.positions - host.positions[vac]
+        frac = d @ np.linalg.inv(host.cell[:])
+        d = (frac - np.round(frac)) @ host.cell[:]
+        r = np.linalg.norm(d, axis=1, keepdims=True)
+        relaxed = un.positions - 0.2 * d / r * np.exp(-r / 2)
+        split = ["train", "train", "train", "val", "test"][k % 5]
+        pairs.append(Pair(un, relaxed, host.copy(), spec,
+                          {"material": "MoS2", "density": "high", "split": split}))
+    return pairs
+
+
+def datasets(n=15, **kw):
+    ds = PairDataset.from_pairs(synthetic_pairs(n, **kw), 5.0, 24, progress=False)
+    return ds.subset(split="train"), ds.subset(split="val")
+
+
+def cfg(out, **kw) -> TrainConfig:
+    base = dict(out=str(out), epochs=3, batch_size=3, lr=2e-3, seed=0, early_stop=100,
+                model={"hidden": 16, "layers": 2, "cutoff": 5.0, "max_neighbors": 24})
+    return TrainConfig(**{**base, **kw})
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    train, val = datasets()
+    full = Trainer(cfg(tmp_path / "a"), train, val)
+    full.fit()
+    part = Trainer(cfg(tmp_path / "b", epochs=2), train, val)
+    part.fit()
+    resumed = Trainer(cfg(tmp_path / "b"), train, val)
+    assert resumed.try_resume() and resumed.epoch == 2
+    resumed.fit()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    a = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    b = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    strip = [lambda rows: [",".join(r.split(",")[:-1]) for r in rows]][0]  # drop seconds
+    assert strip(a) == strip(b) and len(a) == 4
+    ckpt, meta = load_checkpoint(tmp_path / "a" / "best.safetensors")
+    assert meta["metrics"]["val_mae"] > 0 and ckpt.cutoff == 5.0
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert state["epoch"] == 3
+
+
+def test_training_reduces_the_error(tmp_path):
+    train, val = datasets(20)
+    t = Trainer(cfg(tmp_path, epochs=25, lr=3e-3, ema_decay=0.9), train, val)
+    t.fit()
+    hist = t.history
+    assert hist[-1]["val_mae"] < 0.7 * hist[0]["val_mae"]
+    assert hist[-1]["val_mae"] < hist[-1]["val_dummy_mae"]
+
+
+def test_finetune_adds_new_element(tmp_path):
+    base = tiny_model(elements=[16, 42], hidden=16, layers=2)
+    train, val = datasets(10, sub="Nb")  # Nb is new to the checkpoint
+    t = Trainer(cfg(tmp_path, epochs=1), train, val, model=base)
+    assert 41 in t.model.elements and 16 in t.model.elements
+    t.fit()
+    m, _ = load_checkpoint(tmp_path / "best.safetensors")
+    assert m.elements == [16, 41, 42]
+
+
+def test_distance_to_defects_is_periodic():
+    host = small_host(3)
+    near = distance_to_defects(host.positions, host.cell[:], np.array([0]))
+    ref = host.get_distances(0, range(len(host)), mic=True)
+    assert np.allclose(near, ref)
+
+
+def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
+    host = small_host(3)
+    pairs = synthetic_pairs(10)
+    frames = []
+    for p in pairs:
+        un = p.unrelaxed.copy()
+        perm = np.random.default_rng(0).permutation(len(un))
+        un, rel = un[perm], p.relaxed()[perm]  # any atom order
+        un.wrap()
+        frames += [un, rel]
+    write(tmp_path / "pairs.extxyz", frames)
+    write(tmp_path / "host.cif", host)
+    back = read_extxyz_pairs(tmp_path / "pairs.extxyz", host)
+    for a, b in zip(pairs, back):
+        assert a.spec == b.spec
+        assert np.abs(a.relaxed_positions - b.relaxed_positions).max() < 1e-6
+    model = tiny_model(hidden=16, layers=2)
+    save_checkpoint(model, tmp_path / "base.safetensors", {"data": "test"})
+    rc = cli(["finetune", "--from", str(tmp_path / "base.safetensors"), "--data",
+              str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
+              "--out", str(tmp_path / "ft"), "--epochs", "2", "--batch-size", "4"])
+    assert rc == 0
+    assert (tmp_path / "ft" / "best.md").read_text().startswith("# Model card")
+    rc = cli(["evaluate", "--model", str(tmp_path / "ft" / "best.safetensors"), "--data",
+              str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
+              "--split", "all", "--out-dir", str(tmp_path / "ev")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "overall" in out and "A3" in out
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "evaluation.csv")))
+    overall = next(r for r in rows if r["group"] == "overall")
+    dummy = np.mean(np.concatenate([np.linalg.norm(p.relaxed_positions - p.unrelaxed.positions,
+                                                   axis=1) for p in pairs]))
+    assert float(overall["mae_dummy_all"]) == pytest.approx(dummy, rel=1e-4)
+    assert (tmp_path / "ev" / "evaluation.png").stat().st_size > 10_000
+    rc = cli(["train", "--data", str(tmp_path / "nothing.db"), "--out", str(tmp_path / "x")])
+    assert rc == 2
