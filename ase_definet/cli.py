@@ -129,8 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate_parser(sub.add_parser("generate", help="label defect pairs with a teacher"))
     sub.choices["generate"].set_defaults(func=_run_generate)
+    s = sub.add_parser("summary", help="count the pairs of ase.db data files")
+    s.add_argument("paths", nargs="+", help="ase.db files or folders")
+    s.set_defaults(func=_run_summary)
     _add_training_commands(sub)
     return p
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    from .data.summary import summarize
+    from .train.dataset import expand_paths
+
+    print(summarize(expand_paths(args.paths)))
+    return 0
 
 
 def _run_generate(args: argparse.Namespace) -> int:

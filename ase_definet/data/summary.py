@@ -1,0 +1,55 @@
+"""Count the pairs of a data set: per material, density and split; converged or not.
+
+    python -m ase_definet.data.summary data        (or: definet summary data)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from ase.db import connect
+
+
+def summarize(paths: list[Path]) -> str:
+    """A text table of the pairs in ``paths`` (ase.db files of the pair schema)."""
+    conv: Counter = Counter()
+    failed: Counter = Counter()
+    steps: dict[tuple, list[int]] = {}
+    for p in paths:
+        with connect(p) as db:
+            for row in db.select(columns=["key_value_pairs"]):
+                key = (row.material, row.density)
+                if row.converged:
+                    conv[key + (row.split,)] += 1
+                    steps.setdefault(key, []).append(int(row.steps))
+                else:
+                    failed[key] += 1
+    keys = sorted({k[:2] for k in conv} | set(failed))
+    lines = [f"{'material':<9}{'density':<8}{'train':>7}{'val':>6}{'test':>6}{'total':>7}"
+             f"{'not conv.':>11}{'median steps':>14}"]
+    totals = Counter()
+    for m, d in keys:
+        row = [conv[(m, d, s)] for s in ("train", "val", "test")]
+        totals.update({"train": row[0], "val": row[1], "test": row[2], "failed": failed[(m, d)]})
+        med = np.median(steps[(m, d)]) if steps.get((m, d)) else float("nan")
+        lines.append(f"{m:<9}{d:<8}{row[0]:>7}{row[1]:>6}{row[2]:>6}{sum(row):>7}"
+                     f"{failed[(m, d)]:>11}{med:>14.0f}")
+    lines.append(f"{'all':<17}{totals['train']:>7}{totals['val']:>6}{totals['test']:>6}"
+                 f"{totals['train'] + totals['val'] + totals['test']:>7}{totals['failed']:>11}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("paths", nargs="+", help="ase.db files or folders of them")
+    args = p.parse_args(argv)
+    from ..train.dataset import expand_paths
+
+    print(summarize(expand_paths(args.paths)))
+
+
+if __name__ == "__main__":
+    main()
