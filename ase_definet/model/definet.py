@@ -63,7 +63,7 @@ class DefiNetConfig:
 def _edge_geometry(pos: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                    shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances (e,) Å and unit vectors (e, 3) from receiver i to sender j."""
-    vec = pos[src] + shifts - pos[dst]
+    vec = pos.index_select(0, src) + shifts - pos.index_select(0, dst)
     d = torch.linalg.vector_norm(vec, dim=1)
     return d, vec / d.clamp(min=1e-9)[:, None]
 
@@ -112,21 +112,32 @@ class DefiNetLayer(nn.Module):
         x = self.dist_phi(torch.cat([x, xg[b]], dim=1)) + x
         vec = self.dist_act(self.dist_W(vec + vg[b]) + vec)
 
+        # --- edge geometry at r^(t), shared by message passing and coordinate updating
+        d, u = _edge_geometry(pos, src, dst, g.shifts)
+        basis = rbf(d)  # (E, n_rbf)
+        recv_marker = g.markers[dst]
+        # per-sender tables over the receiver's marker: phi(x_j) * gamma(E(m_i) + E(m_j))
+        # for the three possible m_i, so each edge needs one gather instead of two
+        gate = self.msg_gate(pair_emb)  # (3, 3, 3F) indexed [m_i, m_j]
+        table = (self.msg_phi(x)[:, None, :] * gate.transpose(0, 1)[g.markers]).reshape(-1, 3 * F)
+        inplace = not torch.is_grad_enabled()
+
         # --- defect-aware message passing (1, 2), edges in chunks
-        pair = g.markers[dst] * N_MARKERS + g.markers[src]
-        gate = self.msg_gate(pair_emb).view(N_MARKERS * N_MARKERS, 3 * F)
-        xs = self.msg_phi(x)
         q = x.new_zeros(n, F)
         qv = x.new_zeros(n, 3, F)
         for s in range(0, src.numel(), chunk):
             sl = slice(s, s + chunk)
             js, is_ = src[sl], dst[sl]
-            d, u = _edge_geometry(pos, js, is_, g.shifts[sl])
-            m = xs[js] * self.msg_rbf(rbf(d)) * gate[pair[sl]]
+            rows = js * N_MARKERS + recv_marker[sl]
+            m = table.index_select(0, rows) * self.msg_rbf(basis[sl])
             mh, mu, mv = m.split(F, dim=1)
             q = scatter_sum(mh, is_, n, out=q)
-            qv = scatter_sum(mu[:, None, :] * vec[js] + mv[:, None, :] * u[:, :, None], is_, n,
-                             out=qv)
+            if inplace:  # same numbers, fewer temporaries
+                vm = vec.index_select(0, js).mul_(mu[:, None, :])
+                vm.addcmul_(u[sl, :, None], mv[:, None, :])
+            else:
+                vm = mu[:, None, :] * vec.index_select(0, js) + mv[:, None, :] * u[sl, :, None]
+            qv = scatter_sum(vm, is_, n, out=qv)
 
         # --- self-updating (3, 4)
         a = torch.cat([q, vector_norm(self.V(qv))], dim=1)
@@ -134,15 +145,16 @@ class DefiNetLayer(nn.Module):
         vec_new = self.upd_act(self.phi_h(a)[:, None, :] * self.U(qv))
 
         # --- defect-aware coordinate updating (5, 6, 7), geometry of layer t
-        cgate = self.coord_gate(pair_emb).view(N_MARKERS * N_MARKERS, F)
-        xc = self.coord_phi(x_new)
+        cgate = self.coord_gate(pair_emb)  # (3, 3, F)
+        ctable = (self.coord_phi(x_new)[:, None, :] * cgate.transpose(0, 1)[g.markers]
+                  ).reshape(-1, F)
         disp = self.W_vec(vec_new).squeeze(-1)  # Vec2Disp (6): (n, 3)
         for s in range(0, src.numel(), chunk):
             sl = slice(s, s + chunk)
             js, is_ = src[sl], dst[sl]
-            d, u = _edge_geometry(pos, js, is_, g.shifts[sl])
-            w = self.coord_q(xc[js] * self.coord_rbf(rbf(d)) * cgate[pair[sl]])  # (e, 1)
-            disp = scatter_sum(w * u, is_, n, out=disp)  # RPV2Disp (5)
+            rows = js * N_MARKERS + recv_marker[sl]
+            w = self.coord_q(ctable.index_select(0, rows) * self.coord_rbf(basis[sl]))  # (e, 1)
+            disp = scatter_sum(w * u[sl], is_, n, out=disp)  # RPV2Disp (5)
         pos = pos + disp
 
         # --- message aggregation into the global node (10, 11)

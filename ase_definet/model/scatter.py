@@ -53,6 +53,9 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int,
         return res if out is None else out + res
     if out is None:
         out = src.new_zeros((dim_size, *src.shape[1:]))
+        return out.index_add_(0, index, src)
+    if not torch.is_grad_enabled():  # inference: accumulate in place
+        return out.index_add_(0, index, src)
     return out.index_add(0, index, src)
 
 
