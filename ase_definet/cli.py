@@ -76,6 +76,29 @@ def cmd_relax(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ase.io import read
+
+    from .plot import plot_field, reference_in_host_order
+    from .relaxer import DefiNetRelaxer
+
+    atoms = read(args.input)
+    pristine = read(args.pristine) if args.pristine else None
+    defects = None
+    if args.vacancies or args.substitute:
+        defects = {"vacancies": args.vacancies or [],
+                   "substitutions": _parse_substitutions(args.substitute or [])}
+    relaxer = DefiNetRelaxer(atoms.copy(), defects=defects, pristine=pristine,
+                             model=args.model, device=args.device, logfile=None)
+    relaxer.run()
+    s = relaxer.structure
+    predicted = relaxer.layers[-1][s.spec.site_index(s.n_sites)]
+    ref = reference_in_host_order(s, read(args.reference)) if args.reference else None
+    plot_field(s, predicted, args.output, reference=ref)
+    logger.info("wrote %s", args.output)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import _resolve_path, read_metadata
     from ase.data import chemical_symbols
@@ -129,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate_parser(sub.add_parser("generate", help="label defect pairs with a teacher"))
     sub.choices["generate"].set_defaults(func=_run_generate)
+    pl = sub.add_parser("plot", help="draw the predicted displacement (or error) field")
+    pl.add_argument("input", help="defective structure, or the host with --vacancies/--substitute")
+    pl.add_argument("--pristine", help="pristine host of a defective INPUT")
+    pl.add_argument("--vacancies", type=int, nargs="+")
+    pl.add_argument("--substitute", nargs="+", metavar="SITE:ELEMENT")
+    pl.add_argument("--reference", help="relaxed reference structure: draw the error field")
+    pl.add_argument("-o", "--output", required=True, help="PNG file")
+    pl.add_argument("--model", default="default")
+    pl.add_argument("--device")
+    pl.set_defaults(func=cmd_plot)
+
     s = sub.add_parser("summary", help="count the pairs of ase.db data files")
     s.add_argument("paths", nargs="+", help="ase.db files or folders")
     s.set_defaults(func=_run_summary)

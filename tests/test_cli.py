@@ -61,3 +61,24 @@ def test_info_and_demo(tmp_path, ckpt, capsys):
     out = capsys.readouterr().out
     assert "Atoms that moved most" in out and "within 3 A" in out
     assert len(read(tmp_path / "demo.cif")) == 190
+
+
+def test_plot_fields(tmp_path, host, ckpt):
+    write(tmp_path / "host.cif", host)
+    d = DefectSpec(vacancies=(4,), substitutions={0: "W"}).apply(host)
+    write(tmp_path / "d.cif", d)
+    ref = d.copy()
+    ref.rattle(0.05, seed=1)
+    write(tmp_path / "ref.cif", ref)
+    assert cli(["plot", str(tmp_path / "d.cif"), "--pristine", str(tmp_path / "host.cif"),
+                "-o", str(tmp_path / "f.png"), "--model", ckpt]) == 0
+    assert cli(["plot", str(tmp_path / "d.cif"), "--pristine", str(tmp_path / "host.cif"),
+                "--reference", str(tmp_path / "ref.cif"), "-o", str(tmp_path / "e.png"),
+                "--model", ckpt]) == 0
+    for name in ("f.png", "e.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    other = DefectSpec(vacancies=(5,)).apply(host)
+    write(tmp_path / "other.cif", other)
+    assert cli(["plot", str(tmp_path / "d.cif"), "--pristine", str(tmp_path / "host.cif"),
+                "--reference", str(tmp_path / "other.cif"), "-o", str(tmp_path / "x.png"),
+                "--model", ckpt]) == 2

@@ -135,7 +135,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
     remaining = {name: n - len(done_ids(partial_dir / name)) for name, n in sizes.items()
                  if not (out / name).exists()}
     n_conv = 0
-    for job, pair in tqdm(results, total=len(args), desc="teacher relaxations", unit="pair"):
+    for job, pair in tqdm(results, total=len(args), desc="teacher relaxations", unit="pair",
+                          disable=None):  # off when not on a terminal (nohup logs)
         path = partial_dir / job.file
         with connect(path) as db:
             write_pair(db, pair)

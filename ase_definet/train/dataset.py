@@ -97,7 +97,7 @@ class PairDataset(torch.utils.data.Dataset):
                    progress: bool = True) -> PairDataset:
         return cls([pair_to_sample(p, cutoff, max_neighbors)
                     for p in tqdm(pairs, desc="building graphs", unit="pair",
-                                  disable=not progress)])
+                                  disable=None if progress else True)])
 
     def subset(self, **where: Any) -> PairDataset:
         """Samples whose info matches every key, e.g. ``split="val"``."""

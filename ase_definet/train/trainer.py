@@ -225,7 +225,7 @@ class Trainer:
         for batch in tqdm(iter_batches(self.train_set, self.cfg.batch_size, True, self.gen,
                                        self.rank, self.world), total=nb, leave=False,
                           desc=f"epoch {self.epoch + 1}", unit="batch",
-                          disable=self.rank != 0):
+                          disable=None if self.rank == 0 else True):  # None: off without a TTY
             b = batch.to(self.device)
             pred = self.net(b.graph)[-1]
             loss = masked_distance_loss(pred, b.target, b.mask)

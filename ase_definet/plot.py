@@ -1,0 +1,85 @@
+"""Pictures of a predicted relaxation: the displacement field, top view.
+
+    definet plot defective.cif --pristine host.cif -o field.png
+    definet plot defective.cif --pristine host.cif --reference relaxed.cif -o error.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+from ase.geometry import find_mic
+
+from .defects import SUBSTITUTION, VACANCY
+from .structure import DefectStructure
+
+
+def displacement_field(structure: DefectStructure, predicted: np.ndarray,
+                       reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Start positions (n_atoms, 3) and arrows (n_atoms, 3) Å of the atoms (host order):
+    the predicted displacement, or with ``reference`` (relaxed positions, host order)
+    the error ``predicted - reference`` (minimum image)."""
+    start = structure.site_positions[structure.spec.site_index(structure.n_sites)]
+    base = start if reference is None else reference
+    arrows, _ = find_mic(predicted - base, structure.pristine.cell[:], structure.pristine.pbc)
+    return start, arrows
+
+
+def plot_field(structure: DefectStructure, predicted: np.ndarray, path: str | Path,
+               reference: np.ndarray | None = None, title: str = "", scale: float | None = None
+               ) -> Path:
+    """Top view of the displacement (or error) field, arrows scaled and coloured by
+    magnitude, vacancies and substitutions marked; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start, arrows = displacement_field(structure, predicted, reference)
+    mag = np.linalg.norm(arrows, axis=1)
+    cell = structure.pristine.cell[:]
+    fig, ax = plt.subplots(figsize=(8, 7))
+    corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]) @ cell[:2, :2]
+    ax.plot(corners[:, 0], corners[:, 1], "k-", lw=0.6)
+    numbers = structure.pristine.numbers[structure.spec.site_index(structure.n_sites)]
+    for z in np.unique(numbers):
+        sel = numbers == z
+        ax.scatter(start[sel, 0], start[sel, 1], s=12, alpha=0.35,
+                   label=chemical_symbols[z], zorder=1)
+    inplane = np.linalg.norm(arrows[:, :2], axis=1)
+    ref = float(np.percentile(inplane, 99)) if inplane.size and inplane.max() > 0 else 1.0
+    scale = scale or ref / 1.5  # the longest in-plane arrows span about 1.5 Å on the plot
+    q = ax.quiver(start[:, 0], start[:, 1], arrows[:, 0], arrows[:, 1], mag, cmap="viridis",
+                  angles="xy", scale_units="xy", scale=scale, width=0.003, zorder=3)
+    fig.colorbar(q, ax=ax, shrink=0.75, label=("|error|" if reference is not None else "|displacement|")
+                 + " [Å]")
+    m = structure.markers
+    vac = structure.site_positions[m == VACANCY]
+    sub = structure.site_positions[m == SUBSTITUTION]
+    ax.scatter(vac[:, 0], vac[:, 1], s=90, facecolors="none", edgecolors="r", lw=1.5,
+               label="vacancy", zorder=4)
+    ax.scatter(sub[:, 0], sub[:, 1], s=110, marker="*", c="orange", edgecolors="k", lw=0.5,
+               label="substitution", zorder=4)
+    ax.set_aspect("equal")
+    ax.set(xlabel="x [Å]", ylabel="y [Å]",
+           title=title or ("DefiNet error field" if reference is not None
+                           else "DefiNet displacement field"))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, fontsize=8)
+    ax.text(0.99, 0.01, f"arrows: in-plane part, x{1 / scale:.0f}; colour: full |vector|",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=140)
+    plt.close(fig)
+    return path
+
+
+def reference_in_host_order(structure: DefectStructure, reference: Atoms) -> np.ndarray:
+    """Relaxed reference positions in host order (matched to the sites like the input)."""
+    ref = DefectStructure.from_pair(reference, structure.pristine)
+    if ref.spec != structure.spec:
+        raise ValueError("the reference structure has other defects than the input")
+    return ref.site_positions[structure.spec.site_index(structure.n_sites)]
