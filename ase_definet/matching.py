@@ -87,10 +87,8 @@ def match_to_host(defective: Atoms, pristine: Atoms,
     dist = np.linalg.norm(delta, axis=2)
     best = dist.argmin(axis=1)
     site = cand[np.arange(n), best]
-    if len(np.unique(site)) < n:  # two atoms claim one site: optimal assignment
-        full = np.linalg.norm(mic(defective.positions[:, None, :] - pristine.positions[None]), axis=2)
-        rows, site = linear_sum_assignment(full)
-        site = site[np.argsort(rows)]
+    if len(np.unique(site)) < n:  # atoms claim the same site: resolve them optimally
+        site = _resolve_conflicts(site, cand, dist)
     offsets = mic(defective.positions - pristine.positions[site])
     far = np.linalg.norm(offsets, axis=1)
     if far.max() > tolerance:
@@ -104,6 +102,28 @@ def match_to_host(defective: Atoms, pristine: Atoms,
             if pristine.numbers[s] != z}
     spec = DefectSpec(vacancies=tuple(int(v) for v in vacancies), substitutions=subs)
     return Match(spec=spec, site_index=site.astype(int), offsets=offsets)
+
+
+def _resolve_conflicts(site: np.ndarray, cand: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Re-assign the atoms that share a site among their candidate sites (minimum total
+    distance, linear_sum_assignment), keeping every other atom where it is."""
+    site = site.copy()
+    _, inverse, counts = np.unique(site, return_inverse=True, return_counts=True)
+    clash = np.flatnonzero(counts[inverse] > 1)
+    taken = set(np.delete(site, clash).tolist())
+    cols = sorted(set(cand[clash].ravel().tolist()) - taken)
+    col_of = {c: k for k, c in enumerate(cols)}
+    cost = np.full((len(clash), len(cols)), 1e6)
+    for r, a in enumerate(clash):
+        for c, d in zip(cand[a], dist[a]):
+            if c in col_of:
+                cost[r, col_of[c]] = d
+    if len(cols) < len(clash):
+        raise ValueError("the defective structure does not match its host: several atoms "
+                         "crowd around the same pristine sites")
+    rows, chosen = linear_sum_assignment(cost)
+    site[clash[rows]] = np.array(cols)[chosen]
+    return site
 
 
 def _wrap01(frac: np.ndarray) -> np.ndarray:
