@@ -135,3 +135,27 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
     assert (tmp_path / "ev" / "evaluation.png").stat().st_size > 10_000
     rc = cli(["train", "--data", str(tmp_path / "nothing.db"), "--out", str(tmp_path / "x")])
     assert rc == 2
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_with_torchrun(tmp_path):
+    """Two CPU processes (gloo) through torchrun train and write one checkpoint."""
+    import subprocess
+    import sys
+
+    host = small_host(3)
+    frames = []
+    for p in synthetic_pairs(12):
+        frames += [p.unrelaxed, p.relaxed()]
+    write(tmp_path / "pairs.extxyz", frames)
+    write(tmp_path / "host.cif", host)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29517", "-m", "ase_definet.train", "--data",
+           str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
+           "--out", str(tmp_path / "ddp"), "--epochs", "2", "--batch-size", "2",
+           "--hidden", "16", "--layers", "2", "--threads", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = (tmp_path / "ddp" / "log.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 epochs, written by rank 0 only
+    load_checkpoint(tmp_path / "ddp" / "best.safetensors")

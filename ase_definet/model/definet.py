@@ -73,9 +73,10 @@ class DefiNetLayer(nn.Module):
     (1-2), self-updating (3-4), defect-aware coordinate updating (5-7), aggregation
     (10-11), with the consensus activation (12-13) after every vector update."""
 
-    def __init__(self, hidden: int, n_rbf: int, tau: float):
+    def __init__(self, hidden: int, n_rbf: int, tau: float, aggregate: bool = True):
         super().__init__()
         F = hidden
+        self.aggregate = aggregate  # the last layer's global node would never be read
         self.dist_phi = MLP(2 * F, F, F)
         self.dist_W = nn.Linear(F, F, bias=False)
         self.dist_act = ConsensusActivation(F, tau)
@@ -97,9 +98,10 @@ class DefiNetLayer(nn.Module):
         self.coord_q = MLP(F, F, 1)
         self.W_vec = nn.Linear(F, 1, bias=False)
         # aggregation to the global node
-        self.agg_phi = MLP(2 * F, F, F)
-        self.agg_W = nn.Linear(F, F, bias=False)
-        self.agg_act = ConsensusActivation(F, tau)
+        if aggregate:
+            self.agg_phi = MLP(2 * F, F, F)
+            self.agg_W = nn.Linear(F, F, bias=False)
+            self.agg_act = ConsensusActivation(F, tau)
 
     def forward(self, x, vec, pos, xg, vg, pair_emb, g: GraphBatch, rbf: GaussianRBF,
                 chunk: int):
@@ -158,6 +160,8 @@ class DefiNetLayer(nn.Module):
         pos = pos + disp
 
         # --- message aggregation into the global node (10, 11)
+        if not self.aggregate:
+            return x_new, vec_new, pos, xg, vg
         xg = self.agg_phi(torch.cat([scatter_mean(x_new, b, g.num_graphs), xg], dim=1)) + xg
         vg = self.agg_act(self.agg_W(scatter_mean(vec_new, b, g.num_graphs) + vg) + vg)
         return x_new, vec_new, pos, xg, vg
@@ -189,8 +193,9 @@ class DefiNet(nn.Module):
         self.marker_embedding = nn.Embedding(N_MARKERS, F)
         self.global_scalar = nn.Parameter(torch.randn(F) / F**0.5)
         self.rbf = GaussianRBF(cfg.n_rbf, cfg.cutoff)
-        self.layers = nn.ModuleList(DefiNetLayer(F, cfg.n_rbf, cfg.tau)
-                                    for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(DefiNetLayer(F, cfg.n_rbf, cfg.tau,
+                                                 aggregate=t < cfg.layers - 1)
+                                    for t in range(cfg.layers))
         with torch.no_grad():
             for layer in self.layers:
                 layer.W_vec.weight.mul_(cfg.displacement_init)
