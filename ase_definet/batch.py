@@ -45,7 +45,8 @@ def to_structure(item: Item, elements: list[int] | None = None,
 
 def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
                device: str | torch.device | None = None, batch_size: int = 32,
-               progress: bool = True, tolerance: float = DEFAULT_TOLERANCE) -> list[Atoms]:
+               progress: bool = True, tolerance: float = DEFAULT_TOLERANCE,
+               compile: bool = False) -> list[Atoms]:
     """Relax a list of defect structures, ``batch_size`` per forward pass.
 
     Args:
@@ -53,6 +54,7 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
             :func:`to_structure`).
         model: weights name, checkpoint path or ``DefiNet``.
         batch_size: structures per forward pass.
+        compile: use ``torch.compile`` (pays off for hundreds of structures).
 
     Returns:
         The relaxed defective structures, new Atoms in host order with vacancies
@@ -73,7 +75,7 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
               disable=not progress) as bar:
         for rng in chunks:
             batch = [structures[i] for i in rng]
-            for s, sites in zip(batch, predict_sites(net, batch)):
+            for s, sites in zip(batch, predict_sites(net, batch, compile=compile)):
                 out.append(s.defective_atoms(sites))
             bar.update(len(batch))
     return out

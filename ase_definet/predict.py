@@ -20,12 +20,26 @@ def model_device(model: DefiNet) -> torch.device:
     return next(model.parameters()).device
 
 
+def compiled(model: DefiNet):
+    """``torch.compile(model, dynamic=True)``, made once per model and kept on it.
+
+    Worth it for many forward passes (screening, benchmarks): measured 1.9x faster on
+    an 8x8 MoS2 cell (F=64, 1 CPU thread) after about a minute of compilation.
+    """
+    fn = getattr(model, "_definet_compiled", None)
+    if fn is None:
+        fn = torch.compile(model, dynamic=True)
+        object.__setattr__(model, "_definet_compiled", fn)  # not a registered submodule
+    return fn
+
+
 def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
-                  all_layers: bool = False) -> list[np.ndarray]:
+                  all_layers: bool = False, compile: bool = False) -> list[np.ndarray]:
     """Relaxed coordinates of every site of every structure.
 
     Returns, per structure, an array (n_sites, 3) Å, or with ``all_layers`` the
     coordinates after every layer (T+1, n_sites, 3), layer 0 being the input.
+    ``compile`` runs the forward pass through :func:`compiled`.
     """
     graphs = [s.graph(model.cutoff, model.max_neighbors) for s in structures]
     dtype, device = model_dtype(model), model_device(model)
@@ -34,7 +48,7 @@ def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
     model.eval()
     try:
         with torch.inference_mode():
-            layers = model(batch)
+            layers = (compiled(model) if compile else model)(batch)
             # displacements in the model's dtype, added to the float64 input coordinates
             out = (torch.stack(layers) if all_layers else layers[-1]) - layers[0]
             out = out.to("cpu", torch.float64).numpy()

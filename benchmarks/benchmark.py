@@ -30,6 +30,7 @@ from ase_definet.batch import relax_many
 from ase_definet.data.configs import high_density_configs
 from ase_definet.data.hosts import get_host
 from ase_definet.graph import collate
+from ase_definet.predict import compiled, predict_sites
 
 logger = logging.getLogger("benchmark")
 
@@ -61,34 +62,44 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 1024
 
 
-def bench_size(model, n: int, repeats: int) -> dict:
+def bench_size(model, n: int, repeats: int, compile: bool = False) -> dict:
     host, spec = structure(n)
     s = DefectStructure.from_host(host, spec, model.elements)
     dev = next(model.parameters()).device
     t_graph = timed(lambda: s.graph(model.cutoff, model.max_neighbors), repeats)
     batch = collate([s.graph(model.cutoff, model.max_neighbors)]).to(dev)
 
+    net = compiled(model) if compile else model
+
     def forward():
         with torch.inference_mode():
-            model(batch)
+            net(batch)
 
     t_fwd = timed(forward, repeats)
-    t_e2e = timed(lambda: DefiNetRelaxer(host, defects=spec, model=model,
-                                         logfile=None).run(), repeats)
+    def relax():
+        if compile:
+            predict_sites(model, [DefectStructure.from_host(host, spec, model.elements)],
+                          all_layers=True, compile=True)
+        else:
+            DefiNetRelaxer(host, defects=spec, model=model, logfile=None).run()
+
+    t_e2e = timed(relax, repeats)
     return {"size": f"{n}x{n}", "sites": len(host), "edges": batch.edge_index.shape[1],
             "graph_ms": 1e3 * t_graph, "forward_ms": 1e3 * t_fwd,
             "relax_ms": 1e3 * t_e2e, "peak_mb": peak_memory_mb(dev)}
 
 
-def bench_throughput(model, batch_size: int, n_structures: int) -> float:
+def bench_throughput(model, batch_size: int, n_structures: int, compile: bool = False
+                     ) -> float:
     host, _ = structure(8)
     h = replace(get_host("MoS2"), supercell=(8, 8, 1))
     specs = [c.spec for c in high_density_configs(h, n_structures, seed=1,
                                                    concentrations=(0.10,))][:n_structures]
     items = [(host, sp) for sp in specs]
-    relax_many(items[:batch_size], model=model, batch_size=batch_size, progress=False)
+    kw = dict(model=model, batch_size=batch_size, progress=False, compile=compile)
+    relax_many(items[:batch_size], **kw)
     t0 = time.perf_counter()
-    relax_many(items, model=model, batch_size=batch_size, progress=False)
+    relax_many(items, **kw)
     return n_structures / (time.perf_counter() - t0)
 
 
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--throughput-structures", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
     p.add_argument("--no-teacher", action="store_true", help="skip CHGNet + FIRE")
     p.add_argument("--teacher-sizes", type=int, nargs="+", default=[8, 16])
     p.add_argument("--csv", default="benchmark.csv")
@@ -132,10 +144,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"torch {torch.__version__} | {torch.get_num_threads()} CPU threads | device {dev}"
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     print(f"# model {args.model}: F={model.config.hidden} T={model.config.layers} "
-          f"D={model.cutoff} N={model.max_neighbors}; medians of {args.repeats} after warm-up")
+          f"D={model.cutoff} N={model.max_neighbors}; medians of {args.repeats} after warm-up"
+          + ("; torch.compile (end-to-end = predict_sites, no ASE wrapper)" if args.compile else ""))
     rows = []
     for n in sorted(args.sizes):
-        rows.append(bench_size(model, n, args.repeats))
+        rows.append(bench_size(model, n, args.repeats, args.compile))
         logger.info("%s done", rows[-1]["size"])
     base = rows[0]["relax_ms"]
     for r in rows:
@@ -147,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 t, steps = bench_teacher(n)
                 r |= {"chgnet_fire_s": t, "chgnet_steps": steps,
                       "speedup": t / (r["relax_ms"] / 1e3)}
-    tput = bench_throughput(model, args.batch_size, args.throughput_structures)
+    tput = bench_throughput(model, args.batch_size, args.throughput_structures, args.compile)
     head = (f"{'size':>7}{'sites':>7}{'edges':>9}{'graph ms':>10}{'fwd ms':>9}{'relax ms':>10}"
             f"{'x first':>8}{'peak MB':>9}{'CHGNet+FIRE s':>15}{'steps':>7}{'speedup':>9}")
     print(head)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from ase.geometry import find_mic
 from ase.io import read, write

@@ -24,7 +24,6 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from tqdm import tqdm
 
-from ..defects import DefectSpec
 from .configs import DefectConfig, high_density_configs, low_density_configs
 from .hosts import get_host, host_names
 from .label import relax_fixed_cell
