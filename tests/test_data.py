@@ -150,3 +150,21 @@ def test_shard_argument():
     for bad in ("3/3", "a/b", "1"):
         with pytest.raises(argparse.ArgumentTypeError):
             generate.parse_shard(bad)
+
+
+def test_embed_cluster_into_larger_cell():
+    from ase_definet import DefectSpec
+    from ase_definet.data.configs import embed
+
+    mos2 = get_host("MoS2")
+    small = mos2.pristine()
+    spec = DefectSpec(vacancies=(1, 4), substitutions={188: 74})  # across the cell edge
+    big_spec = embed(spec, 8, 16, 3)
+    big = mos2.pristine((16, 16, 1))
+    a = [*spec.vacancies, *spec.substitutions]
+    b = [*big_spec.vacancies, *big_spec.substitutions]
+    da = small.get_distances(a[0], a, mic=True)
+    db = big.get_distances(b[0], b, mic=True)
+    assert np.allclose(da, db)  # same cluster geometry
+    assert [small[i].symbol for i in a] == [big[i].symbol for i in b]
+    assert big_spec.substitutions[b[-1]] == 74

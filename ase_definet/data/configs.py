@@ -124,3 +124,18 @@ def low_density_configs(host: Host, n: int, seed: int = 0, max_defects: int = 3,
     if len(out) < n:
         raise ValueError(f"only {len(out)} distinct configurations found for {host.name}")
     return out[:n]
+
+
+def embed(spec: DefectSpec, n_from: int, n_to: int, n_basis: int) -> DefectSpec:
+    """Move the defect cluster of an n_from x n_from cell into an n_to x n_to cell (host
+    order of ``Atoms.repeat``: site = (m0 * n + m1) * n_basis + b), keeping the defects'
+    relative lattice positions (minimum image in the small cell)."""
+    sites = [*spec.vacancies, *spec.substitutions]
+    cells = np.array([divmod(s // n_basis, n_from) for s in sites])
+    basis = [s % n_basis for s in sites]
+    rel = (cells - cells[0] + n_from // 2) % n_from - n_from // 2  # minimum image
+    new_cells = (rel + n_to // 2) % n_to
+    new = {s: int((c[0] * n_to + c[1]) * n_basis + b)
+           for s, c, b in zip(sites, new_cells, basis)}
+    return DefectSpec(vacancies=tuple(new[s] for s in spec.vacancies),
+                      substitutions={new[s]: z for s, z in spec.substitutions.items()})
