@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.db import connect
+from ase.geometry import find_mic
 
 from ..defects import DefectSpec
+from ..matching import Match
 
 
 @dataclass
@@ -47,6 +49,26 @@ class Pair:
         at = self.unrelaxed.copy()
         at.positions = self.relaxed_positions
         return at
+
+
+def pair_from_match(unrelaxed: Atoms, relaxed_positions: np.ndarray, pristine: Atoms,
+                    match: Match, info: dict[str, Any] | None = None) -> Pair:
+    """A :class:`Pair` in our convention from a defective structure in any atom order and
+    periodic image, matched to its host (:func:`~ase_definet.matching.match_to_host`).
+
+    Args:
+        relaxed_positions: (n, 3) Å, in the order of ``unrelaxed``, any periodic image.
+
+    The unrelaxed atoms are put in host order next to their sites; the relaxed positions
+    become the minimum-image continuation of the unrelaxed ones.
+    """
+    order = np.argsort(match.site_index, kind="stable")
+    cell = pristine.cell[:]
+    pos = pristine.positions[match.site_index[order]] + match.offsets[order]
+    ours = Atoms(numbers=unrelaxed.numbers[order], positions=pos, cell=cell, pbc=pristine.pbc)
+    disp, _ = find_mic(np.asarray(relaxed_positions)[order] - pos, cell, pristine.pbc)
+    return Pair(unrelaxed=ours, relaxed_positions=pos + disp, pristine=pristine.copy(),
+                spec=match.spec, info=dict(info or {}))
 
 
 def write_pair(db, pair: Pair) -> int:

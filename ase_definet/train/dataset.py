@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms
-from ase.geometry import find_mic
 from ase.io import read
 from tqdm.auto import tqdm
 
-from ..data.store import Pair, iter_pairs
+from ..data.store import Pair, iter_pairs, pair_from_match
 from ..graph import Graph, GraphBatch, build_graph, collate
 from ..matching import DEFAULT_TOLERANCE, match_to_host
 
@@ -176,16 +175,9 @@ def read_extxyz_pairs(path: str | Path, pristine: Atoms | str | Path,
         if not np.array_equal(unrelaxed.numbers, relaxed.numbers):
             raise ValueError(f"{path}: frames {k} and {k + 1} have different atoms")
         m = match_to_host(unrelaxed, host, tolerance)
-        order = np.argsort(m.site_index)  # host order
-        # frames may be wrapped independently: the displacement is the minimum image
-        disp, _ = find_mic(relaxed.positions - unrelaxed.positions, host.cell[:], host.pbc)
-        start = host.positions[m.site_index] + m.offsets  # unwrapped next to the sites
-        un = unrelaxed[order]
-        un.positions = start[order]
         info = {"source": str(path), "frame": k // 2, **{key: v for key, v in
                 unrelaxed.info.items() if isinstance(v, (str, int, float, bool))}}
-        pairs.append(Pair(unrelaxed=un, relaxed_positions=(start + disp)[order],
-                          pristine=host.copy(), spec=m.spec, info=info))
+        pairs.append(pair_from_match(unrelaxed, relaxed.positions, host, m, info))
     return pairs
 
 

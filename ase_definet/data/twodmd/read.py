@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from ...matching import check_same_cell
-from ..store import Pair
+from ..store import Pair, pair_from_match
 from .layout import (
     SOURCE,
     UNASSIGNED,
@@ -124,19 +124,9 @@ class _MaterialReader:
                         self.material, self.density, np.round(shift, 4).tolist(), upath.name)
             self.shift = shift
         rorder = _relaxed_order(unrelaxed, relaxed, self.tolerance, rpath)
-        order = np.argsort(match.site_index, kind="stable")
-        sites = match.site_index[order]
-        if not np.array_equal(sites, match.spec.site_index(len(pristine))):  # pragma: no cover
-            raise ValueError(f"{str(upath)!r}: site order does not follow the host convention")
-        cell = pristine.cell[:]
-        pos = pristine.positions[sites] + match.offsets[order]
-        ours = Atoms(numbers=unrelaxed.numbers[order], positions=pos, cell=cell, pbc=True)
-        rel = relaxed.positions[rorder][order]
-        relaxed_positions = pos + find_mic(rel - pos, cell, pbc=True)[0]
         info = {"material": self.material, "density": self.density, "split": split,
                 "atoms_id": atoms_id, "source": SOURCE, "n_defects": match.spec.n_defects}
-        return Pair(unrelaxed=ours, relaxed_positions=relaxed_positions,
-                    pristine=pristine.copy(), spec=match.spec, info=info)
+        return pair_from_match(unrelaxed, relaxed.positions[rorder], pristine, match, info)
 
 
 _Job = tuple[_MaterialReader, dict[str, dict[str, tuple[Path, str]]], dict[str, str]]
