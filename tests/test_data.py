@@ -168,3 +168,22 @@ def test_embed_cluster_into_larger_cell():
     assert np.allclose(da, db)  # same cluster geometry
     assert [small[i].symbol for i in a] == [big[i].symbol for i in b]
     assert big_spec.substitutions[b[-1]] == 74
+
+
+def test_generate_and_summary_cli(tmp_path, capsys):
+    from ase_definet.cli import main as cli
+
+    cu_host()
+    args = ["generate", "--out", str(tmp_path / "d"), "--materials", "CuTest", "--high", "1",
+            "--low", "0", "--teacher", "emt", "--batch-size", "5", "--steps", "300",
+            "--fmax", "0.05"]
+    assert cli(args) == 0
+    assert [p.name for p in (tmp_path / "d").glob("*.db")] == ["CuTest_high_000.db"]
+    assert cli(args) == 0  # rerun: nothing to do, nothing duplicated
+    with connect(tmp_path / "d" / "CuTest_high_000.db") as db:
+        assert db.count() == 5
+    capsys.readouterr()
+    assert cli(["summary", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "CuTest" in out and out.strip().splitlines()[-1].split()[-2] == "5"
+    assert cli(["generate", "--materials", "Nope", "--out", str(tmp_path / "x")]) == 2
