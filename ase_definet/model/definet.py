@@ -103,8 +103,9 @@ class DefiNetLayer(nn.Module):
             self.agg_W = nn.Linear(F, F, bias=False)
             self.agg_act = ConsensusActivation(F, tau)
 
-    def forward(self, x, vec, pos, xg, vg, pair_emb, g: GraphBatch, rbf: GaussianRBF,
-                chunk: int):
+    def forward(self, x: torch.Tensor, vec: torch.Tensor, pos: torch.Tensor, xg: torch.Tensor,
+                vg: torch.Tensor, pair_emb: torch.Tensor, g: GraphBatch, rbf: GaussianRBF,
+                chunk: int) -> tuple[torch.Tensor, ...]:
         """Args: x (n, F); vec (n, 3, F); pos (n, 3) Å; xg (B, F); vg (B, 3, F);
         pair_emb (3, 3, F) marker-pair embeddings E(m_i) + E(m_j). Returns the same."""
         n, F = x.shape
