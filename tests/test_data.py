@@ -187,3 +187,13 @@ def test_generate_and_summary_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "CuTest" in out and out.strip().splitlines()[-1].split()[-2] == "5"
     assert cli(["generate", "--materials", "Nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_generate_with_two_worker_processes(tmp_path):
+    cu_host()
+    batches = generate.plan_jobs(["CuTest"], n_high_per_conc=1, n_low=0, batch_size=5)
+    generate.run(tmp_path / "d", tmp_path / "p", batches, workers=2, teacher="emt",
+                 fmax=0.05, steps=300)
+    with connect(tmp_path / "d" / "CuTest_high_000.db") as db:
+        assert sorted(r.config_id for r in db.select()) == [f"CuTest-high-{i:05d}"
+                                                            for i in range(5)]

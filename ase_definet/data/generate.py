@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from tqdm import tqdm
@@ -40,6 +41,7 @@ class Job:
     config: DefectConfig
     file: str  # batch file name
     split: str
+    pristine: Atoms  # the host supercell (workers need no host registry)
 
 
 def plan_jobs(materials: Iterable[str], n_high_per_conc: int, n_low: int, seed: int = 0,
@@ -48,6 +50,7 @@ def plan_jobs(materials: Iterable[str], n_high_per_conc: int, n_low: int, seed: 
     groups: list[list[list[Job]]] = []
     for name in materials:
         host = get_host(name)
+        pristine = host.pristine()
         seqs = [high_density_configs(host, n_high_per_conc, seed)] if n_high_per_conc else []
         if n_low and name in LOW_DENSITY_HOSTS:
             seqs.append(low_density_configs(host, n_low, seed))
@@ -61,7 +64,7 @@ def plan_jobs(materials: Iterable[str], n_high_per_conc: int, n_low: int, seed: 
                 if i % batch_size == 0:
                     batches.append([])
                 batches[-1].append(Job(c, f"{c.material}_{c.density}_{i // batch_size:03d}.db",
-                                       assign_split(stratum, k, seed)))
+                                       assign_split(stratum, k, seed), pristine))
             groups.append(batches)
     # round-robin: batch 0 of every group, then batch 1, ...
     out = []
@@ -73,20 +76,19 @@ def plan_jobs(materials: Iterable[str], n_high_per_conc: int, n_low: int, seed: 
 _CALC = None
 
 
-def _init_worker(teacher: str, threads: int) -> None:
+def _init_worker(teacher: str, threads: int, device: str = "cpu") -> None:
     import torch
 
     torch.set_num_threads(threads)
     global _CALC
     from .teacher import get_teacher
 
-    _CALC = get_teacher(teacher)
+    _CALC = get_teacher(teacher, device=device)
 
 
 def _label(args) -> tuple[Job, Pair]:
     job, fmax, steps, optimizer, teacher_name = args
-    host = get_host(job.config.material)
-    pristine = host.pristine()
+    pristine = job.pristine.copy()
     unrelaxed = job.config.spec.apply(pristine)
     res = relax_fixed_cell(unrelaxed, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
     unrelaxed.calc = SinglePointCalculator(unrelaxed, energy=res.initial_energy,
@@ -102,8 +104,10 @@ def _label(args) -> tuple[Job, Pair]:
 
 def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1,
         threads: int = 1, fmax: float = 0.01, steps: int = 1000, optimizer: str = "FIRE",
-        teacher: str = "chgnet") -> None:
-    """Label every job not yet done; see the module docstring."""
+        teacher: str = "chgnet", device: str = "cpu") -> None:
+    """Label every job not yet done; see the module docstring. ``workers`` processes
+    with ``threads`` torch threads each run the teacher on ``device``; this process
+    writes every finished pair in its own transaction."""
     out.mkdir(parents=True, exist_ok=True)
     partial_dir.mkdir(parents=True, exist_ok=True)
     todo, sizes = [], {}
@@ -121,20 +125,28 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
         return
     from .teacher import teacher_version
 
-    _init_worker(teacher, threads) if workers <= 1 else None
     tname = teacher_version(teacher)
     args = [(j, fmax, steps, optimizer, tname) for j in todo]
+    remaining = {name: n - len(done_ids(partial_dir / name)) for name, n in sizes.items()
+                 if not (out / name).exists()}
     if workers <= 1:
-        results = map(_label, args)
+        _init_worker(teacher, threads, device)
+        n_conv = _store_results(map(_label, args), len(args), out, partial_dir, remaining)
     else:
         import multiprocessing as mp
 
-        pool = mp.get_context("spawn").Pool(workers, _init_worker, (teacher, threads))
-        results = pool.imap(_label, args)
-    remaining = {name: n - len(done_ids(partial_dir / name)) for name, n in sizes.items()
-                 if not (out / name).exists()}
+        with mp.get_context("spawn").Pool(workers, _init_worker,
+                                          (teacher, threads, device)) as pool:
+            n_conv = _store_results(pool.imap(_label, args), len(args), out, partial_dir,
+                                    remaining)
+    logger.info("labelled %d pairs, %d converged", len(args), n_conv)
+
+
+def _store_results(results, total: int, out: Path, partial_dir: Path,
+                   remaining: dict[str, int]) -> int:
+    """Write each (job, pair) as it arrives; complete batch files move to ``out``."""
     n_conv = 0
-    for job, pair in tqdm(results, total=len(args), desc="teacher relaxations", unit="pair",
+    for job, pair in tqdm(results, total=total, desc="teacher relaxations", unit="pair",
                           disable=None):  # off when not on a terminal (nohup logs)
         path = partial_dir / job.file
         with connect(path) as db:
@@ -145,7 +157,7 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
         remaining[job.file] -= 1
         if remaining[job.file] == 0:
             _finish(path, out / job.file)
-    logger.info("labelled %d pairs, %d converged", len(args), n_conv)
+    return n_conv
 
 
 def _finish(partial: Path, final: Path) -> None:
@@ -195,6 +207,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--steps", type=int, default=1000, help="optimizer step cap")
     p.add_argument("--optimizer", default="FIRE")
     p.add_argument("--teacher", default="chgnet")
+    p.add_argument("--device", default="cpu", help="torch device of the teacher")
     return p
 
 
@@ -211,7 +224,7 @@ def run_from_args(args: argparse.Namespace) -> None:
     batches = select_shard(batches, *args.shard)
     run(args.out, args.partial_dir or args.out / "partial", batches, workers=args.workers,
         threads=args.threads, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
-        teacher=args.teacher)
+        teacher=args.teacher, device=args.device)
 
 
 if __name__ == "__main__":
