@@ -66,6 +66,11 @@ def add_commands(sub) -> None:
     e.add_argument("--device")
     e.add_argument("--batch-size", type=int, default=16)
     e.set_defaults(func=cmd_evaluate)
+    c = sub.add_parser("card", help="(re)write a checkpoint's model card with test metrics")
+    c.add_argument("checkpoint", help="a .safetensors checkpoint")
+    _add_data_args(c)
+    c.add_argument("--notes", help="Markdown file whose text goes under 'Notes'")
+    c.set_defaults(func=cmd_card)
 
 
 def build_datasets(data: list[str], cutoff: float, max_neighbors: int | None, *,
@@ -148,6 +153,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                          device=trainer.device)
     logger.info("best validation MAE %.4f Å after %d epochs; weights in %s",
                 result["best_val_mae"], result["epochs"], Path(cfg.out) / "best.safetensors")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from ..checkpoint import read_metadata
+    from .card import write_model_card
+
+    cfg, _ = read_metadata(args.checkpoint)
+    test = None
+    if args.data:
+        _, _, test = build_datasets(args.data, cfg.cutoff, cfg.max_neighbors,
+                                    pristine=args.pristine, fmt=args.fmt,
+                                    material=args.material, cache_dir=args.cache_dir)
+    notes = Path(args.notes).read_text() if args.notes else ""
+    card = write_model_card(Path(args.checkpoint), test_set=test, notes=notes)
+    print(f"wrote {card}")
     return 0
 
 
