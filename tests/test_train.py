@@ -133,6 +133,13 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
                                                    axis=1) for p in pairs]))
     assert float(overall["mae_dummy_all"]) == pytest.approx(dummy, rel=1e-4)
     assert (tmp_path / "ev" / "evaluation.png").stat().st_size > 10_000
+    rc = cli(["card", str(tmp_path / "ft" / "best.safetensors"), "--data",
+              str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif")])
+    assert rc == 0
+    card = (tmp_path / "ft" / "best.md").read_text()
+    assert "## Test metrics" in card and "overall" in card
+    _, meta = load_checkpoint(tmp_path / "ft" / "best.safetensors")
+    assert meta["test_metrics"]["overall"]["dummy_all"] == pytest.approx(dummy, rel=1e-4)
     rc = cli(["train", "--data", str(tmp_path / "nothing.db"), "--out", str(tmp_path / "x")])
     assert rc == 2
 

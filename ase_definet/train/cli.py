@@ -163,9 +163,11 @@ def cmd_card(args: argparse.Namespace) -> int:
     cfg, _ = read_metadata(args.checkpoint)
     test = None
     if args.data:
-        _, _, test = build_datasets(args.data, cfg.cutoff, cfg.max_neighbors,
-                                    pristine=args.pristine, fmt=args.fmt,
-                                    material=args.material, cache_dir=args.cache_dir)
+        train, val, test = build_datasets(args.data, cfg.cutoff, cfg.max_neighbors,
+                                          pristine=args.pristine, fmt=args.fmt,
+                                          material=args.material, cache_dir=args.cache_dir)
+        if len(test) == 0:  # pairs without a split: evaluate on all of them
+            test = PairDataset(train.samples + val.samples)
     notes = Path(args.notes).read_text() if args.notes else ""
     card = write_model_card(Path(args.checkpoint), test_set=test, notes=notes)
     print(f"wrote {card}")
