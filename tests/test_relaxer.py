@@ -196,3 +196,12 @@ def test_device_resolution(monkeypatch):
             resolve_device("cuda")
         monkeypatch.delenv("DEFINET_DEVICE")
         assert resolve_device(None).type == "cpu"
+
+
+@pytest.mark.slow
+def test_relax_many_compiled_matches_eager(host, model):
+    items = [(host, {"vacancies": [k]}) for k in range(3)]
+    eager = relax_many(items, model=model, progress=False)
+    comp = relax_many(items, model=model, progress=False, compile=True)
+    for a, b in zip(eager, comp):
+        assert np.abs(a.positions - b.positions).max() < 1e-4
