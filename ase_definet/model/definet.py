@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..graph import GraphBatch
-from .layers import MLP, ConsensusActivation, GaussianRBF, vector_norm
+from .layers import MLP, ConsensusActivation, GaussianRBF, VectorLayerNorm, vector_norm
 from .scatter import scatter_mean, scatter_sum
 
 N_MARKERS = 3  # 0 pristine, 1 substitution, 2 vacancy
@@ -71,7 +71,14 @@ def _edge_geometry(pos: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
 class DefiNetLayer(nn.Module):
     """One graph-convolution layer: distribution (8-9), defect-aware message passing
     (1-2), self-updating (3-4), defect-aware coordinate updating (5-7), aggregation
-    (10-11), with the consensus activation (12-13) after every vector update."""
+    (10-11), with the consensus activation (12-13) after every vector update.
+
+    Messages are sums over ~20-50 neighbours, so without normalisation feature
+    magnitudes grow by that factor per layer and training diverges (seen at lr 2e-3).
+    As in the PaiNN/ViSNet family the paper builds on, the node features entering
+    message passing and the scalars entering the coordinate update are layer-normalised
+    (LayerNorm for scalars, an RMS norm for vectors); both are rotation-invariant /
+    -equivariant."""
 
     def __init__(self, hidden: int, n_rbf: int, tau: float, aggregate: bool = True):
         super().__init__()
@@ -80,6 +87,9 @@ class DefiNetLayer(nn.Module):
         self.dist_phi = MLP(2 * F, F, F)
         self.dist_W = nn.Linear(F, F, bias=False)
         self.dist_act = ConsensusActivation(F, tau)
+        self.norm_x = nn.LayerNorm(F)
+        self.norm_vec = VectorLayerNorm(F)
+        self.norm_coord = nn.LayerNorm(F)
         # message passing: three channels h (scalar), u (vector), v (direction)
         self.msg_phi = MLP(F, F, 3 * F)
         self.msg_rbf = nn.Linear(n_rbf, 3 * F)
@@ -114,6 +124,7 @@ class DefiNetLayer(nn.Module):
         # --- message distribution from the global node (8, 9)
         x = self.dist_phi(torch.cat([x, xg[b]], dim=1)) + x
         vec = self.dist_act(self.dist_W(vec + vg[b]) + vec)
+        xn, vn = self.norm_x(x), self.norm_vec(vec)
 
         # --- edge geometry at r^(t), shared by message passing and coordinate updating
         d, u = _edge_geometry(pos, src, dst, g.shifts)
@@ -122,7 +133,8 @@ class DefiNetLayer(nn.Module):
         # per-sender tables over the receiver's marker: phi(x_j) * gamma(E(m_i) + E(m_j))
         # for the three possible m_i, so each edge needs one gather instead of two
         gate = self.msg_gate(pair_emb)  # (3, 3, 3F) indexed [m_i, m_j]
-        table = (self.msg_phi(x)[:, None, :] * gate.transpose(0, 1)[g.markers]).reshape(-1, 3 * F)
+        table = (self.msg_phi(xn)[:, None, :] * gate.transpose(0, 1)[g.markers]
+                 ).reshape(-1, 3 * F)
         inplace = not torch.is_grad_enabled()
 
         # --- defect-aware message passing (1, 2), edges in chunks
@@ -136,10 +148,10 @@ class DefiNetLayer(nn.Module):
             mh, mu, mv = m.split(F, dim=1)
             q = scatter_sum(mh, is_, n, out=q)
             if inplace:  # same numbers, fewer temporaries
-                vm = vec.index_select(0, js).mul_(mu[:, None, :])
+                vm = vn.index_select(0, js).mul_(mu[:, None, :])
                 vm.addcmul_(u[sl, :, None], mv[:, None, :])
             else:
-                vm = mu[:, None, :] * vec.index_select(0, js) + mv[:, None, :] * u[sl, :, None]
+                vm = mu[:, None, :] * vn.index_select(0, js) + mv[:, None, :] * u[sl, :, None]
             qv = scatter_sum(vm, is_, n, out=qv)
 
         # --- self-updating (3, 4)
@@ -149,8 +161,8 @@ class DefiNetLayer(nn.Module):
 
         # --- defect-aware coordinate updating (5, 6, 7), geometry of layer t
         cgate = self.coord_gate(pair_emb)  # (3, 3, F)
-        ctable = (self.coord_phi(x_new)[:, None, :] * cgate.transpose(0, 1)[g.markers]
-                  ).reshape(-1, F)
+        ctable = (self.coord_phi(self.norm_coord(x_new))[:, None, :]
+                  * cgate.transpose(0, 1)[g.markers]).reshape(-1, F)
         disp = self.W_vec(vec_new).squeeze(-1)  # Vec2Disp (6): (n, 3)
         for s in range(0, src.numel(), chunk):
             sl = slice(s, s + chunk)

@@ -66,3 +66,17 @@ class ConsensusActivation(nn.Module):
 def vector_norm(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Norm over the Cartesian axis of (n, 3, F) features -> (n, F); smooth at zero."""
     return torch.sqrt((v * v).sum(dim=1) + eps)
+
+
+class VectorLayerNorm(nn.Module):
+    """Scale (n, 3, F) vector features by their root-mean-square norm over the F
+    channels (rotation-equivariant), with a learnable per-channel gain."""
+
+    def __init__(self, n_features: int, eps: float = 1e-6):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(n_features))
+        self.eps = eps
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        rms = torch.sqrt((v * v).sum(dim=1).mean(dim=-1, keepdim=True) + self.eps)  # (n, 1)
+        return v * (self.gain / rms)[:, None, :]

@@ -171,6 +171,7 @@ class Trainer:
         self.epoch = 0
         self.best = math.inf
         self.bad_epochs = 0
+        self.skipped = 0  # batches skipped for a non-finite loss or gradient
         self.history: list[dict[str, float]] = []
         self.out = Path(config.out)
 
@@ -230,8 +231,19 @@ class Trainer:
             pred = self.net(b.graph)[-1]
             loss = masked_distance_loss(pred, b.target, b.mask)
             self.opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):  # never let one bad batch poison the weights
+                self.skipped += 1
+                logger.warning("non-finite loss: batch skipped (%d so far)", self.skipped)
+                if self.skipped > 20:
+                    raise FloatingPointError("training diverged: more than 20 non-finite "
+                                             "losses; lower the learning rate")
+                continue
             loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+            if not torch.isfinite(norm):
+                self.skipped += 1
+                logger.warning("non-finite gradient: step skipped (%d so far)", self.skipped)
+                continue
             self.opt.step()
             self.ema.update(self.model)
             total += float(loss.detach())
