@@ -42,6 +42,8 @@ def write_model_card(checkpoint: Path, test_set: PairDataset | None = None,
         f"{meta.get('n_test', data.get('n_test', '?'))} test",
         f"- sources: {', '.join(data.get('sources', []))}",
     ]
+    if data.get("files"):
+        lines.append(f"- files: {', '.join(data['files'])}")
     if meta.get("finetuned_from"):
         lines.append(f"- fine-tuned from: `{meta['finetuned_from']}`")
     lines += ["", "## Architecture and graph", "",

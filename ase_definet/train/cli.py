@@ -138,7 +138,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       cache_dir=cfg.cache_dir, seed=cfg.seed,
                                       val_fraction=args.val_fraction)
     logger.info("pairs: %d train, %d val, %d test", len(train), len(val), len(test))
-    meta = {"data": {"sources": [str(d) for d in cfg.data],
+    files = []
+    if all(Path(d).is_dir() or d.endswith(".db") for d in cfg.data) and args.fmt in ("auto", "db"):
+        from .dataset import expand_paths
+
+        files = [p.name for p in expand_paths(cfg.data)]
+    meta = {"data": {"sources": [str(d) for d in cfg.data], "files": files,
                      "description": cfg.description, "n_train": len(train),
                      "n_val": len(val), "n_test": len(test),
                      "teachers": sorted({str(s.info.get("teacher", "unknown"))
