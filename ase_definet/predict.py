@@ -24,7 +24,8 @@ def compiled(model: DefiNet):
     """``torch.compile(model, dynamic=True)``, made once per model and kept on it.
 
     Worth it for many forward passes (screening, benchmarks): measured 1.9x faster on
-    an 8x8 MoS2 cell (F=64, 1 CPU thread) after about a minute of compilation.
+    an 8x8 MoS2 cell (F=64, 1 CPU thread) after about a minute of compilation
+    (``benchmarks/benchmark.py --sizes 8 --no-teacher [--compile]``).
     """
     fn = getattr(model, "_definet_compiled", None)
     if fn is None:

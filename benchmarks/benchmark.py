@@ -30,6 +30,7 @@ from ase_definet.batch import relax_many
 from ase_definet.data.configs import high_density_configs
 from ase_definet.data.hosts import get_host
 from ase_definet.graph import collate
+from ase_definet.model import get_backend, set_backend
 from ase_definet.predict import compiled, predict_sites
 
 logger = logging.getLogger("benchmark")
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--throughput-structures", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
+    p.add_argument("--scatter", default="auto", choices=["auto", "native", "torch_scatter"],
+                   help="scatter backend (ase_definet.model.set_backend)")
     p.add_argument("--no-teacher", action="store_true", help="skip CHGNet + FIRE")
     p.add_argument("--teacher-sizes", type=int, nargs="+", default=[8, 16])
     p.add_argument("--csv", default="benchmark.csv")
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_backend(args.scatter)
     model = get_model(args.model, args.device).eval()
     dev = next(model.parameters()).device
     print(f"# {platform.node()} | {platform.processor() or platform.machine()} | "
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     print(f"# model {args.model}: F={model.config.hidden} T={model.config.layers} "
           f"D={model.cutoff} N={model.max_neighbors}; medians of {args.repeats} after warm-up"
+          + f"; scatter {get_backend(dev)}"
           + ("; torch.compile (end-to-end = predict_sites, no ASE wrapper)" if args.compile else ""))
     rows = []
     for n in sorted(args.sizes):
