@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ase.db import connect
 
-from ase_definet import DefectSpec, get_model
+from ase_definet import get_model
 from ase_definet.data.configs import embed, low_density_configs
 from ase_definet.data.hosts import get_host
 from ase_definet.data.label import relax_fixed_cell
