@@ -55,10 +55,9 @@ def _parse_substitutions(items: list[str]) -> dict[int, str]:
     return subs
 
 
-def cmd_relax(args: argparse.Namespace) -> int:
+def _read_inputs(args: argparse.Namespace):
+    """(atoms, defects, pristine) from INPUT, --pristine, --vacancies and --substitute."""
     from ase.io import read
-
-    from .relaxer import DefiNetRelaxer
 
     atoms = read(args.input)
     pristine = read(args.pristine) if args.pristine else None
@@ -66,6 +65,13 @@ def cmd_relax(args: argparse.Namespace) -> int:
     if args.vacancies or args.substitute:
         defects = {"vacancies": args.vacancies or [],
                    "substitutions": _parse_substitutions(args.substitute or [])}
+    return atoms, defects, pristine
+
+
+def cmd_relax(args: argparse.Namespace) -> int:
+    from .relaxer import DefiNetRelaxer
+
+    atoms, defects, pristine = _read_inputs(args)
     with DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
                         device=args.device, logfile=None if args.quiet else "-",
                         trajectory=args.trajectory) as relaxer:
@@ -82,13 +88,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_field, reference_in_host_order
     from .relaxer import DefiNetRelaxer
 
-    atoms = read(args.input)
-    pristine = read(args.pristine) if args.pristine else None
-    defects = None
-    if args.vacancies or args.substitute:
-        defects = {"vacancies": args.vacancies or [],
-                   "substitutions": _parse_substitutions(args.substitute or [])}
-    relaxer = DefiNetRelaxer(atoms.copy(), defects=defects, pristine=pristine,
+    atoms, defects, pristine = _read_inputs(args)
+    relaxer = DefiNetRelaxer(atoms, defects=defects, pristine=pristine,
                              model=args.model, device=args.device, logfile=None)
     relaxer.run()
     s = relaxer.structure
