@@ -1,0 +1,34 @@
+"""The shipped weights: load by name, carry their settings, card and honest metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ase_definet import DefiNetRelaxer, available_weights, get_model, load_checkpoint
+from ase_definet.checkpoint import weights_dir
+from ase_definet.cli import main as cli
+from ase_definet.data.hosts import get_host
+
+
+def test_default_weights_load_by_name_with_card():
+    assert "default" in available_weights()
+    model = get_model("default", "cpu")
+    assert model.cutoff > 0 and model.max_neighbors
+    assert {16, 42} <= set(model.elements)  # S and Mo: the demo host
+    _, meta = load_checkpoint(weights_dir().joinpath("default.safetensors"))
+    assert "CHGNet" in meta["data"]["description"] and "Not DFT" in meta["data"]["description"]
+    assert meta["test_metrics"]["overall"]["all"] < meta["test_metrics"]["overall"]["dummy_all"]
+    card = weights_dir().joinpath("default.md").read_text()
+    assert "CHGNet" in card and "## Test metrics" in card
+
+
+def test_default_model_is_the_relaxer_default_and_moves_atoms_near_defects(capsys):
+    host = get_host("MoS2").pristine()
+    r = DefiNetRelaxer(host, defects={"vacancies": [1]}, logfile=None)
+    r.run()
+    start = host.positions[r.structure.spec.site_index(len(host))]
+    d = np.linalg.norm(r.atoms.positions - start, axis=1)
+    near = host.get_distances(1, r.structure.spec.site_index(len(host)), mic=True) < 3.5
+    assert d[near].mean() > 2 * d[~near].mean()  # a trained model relaxes the defect region
+    assert cli(["demo"]) == 0
+    assert "Atoms that moved most" in capsys.readouterr().out
