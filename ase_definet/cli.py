@@ -115,7 +115,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(model=args.model, device=args.device, output=args.output)
+    run_demo(model=args.model, device=args.device, output=args.output, plot=args.plot)
     return 0
 
 
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="default")
     d.add_argument("--device")
     d.add_argument("-o", "--output", help="also write the relaxed structure here")
+    d.add_argument("--plot", help="also draw the displacement field to this PNG")
     d.set_defaults(func=cmd_demo)
 
     from .data.generate import build_parser as generate_parser

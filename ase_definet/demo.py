@@ -44,7 +44,7 @@ def displacement_table(relaxer, top: int = 8) -> str:
 
 
 def run_demo(model: str = "default", device: str | None = None,
-             output: str | Path | None = None) -> None:
+             output: str | Path | None = None, plot: str | Path | None = None) -> None:
     from .cli import write_atomic
     from .predict import predict_sites
     from .relaxer import DefiNetRelaxer
@@ -65,3 +65,10 @@ def run_demo(model: str = "default", device: str | None = None,
     if output:
         write_atomic(output, relaxer.atoms)
         print(f"wrote {output}")
+    if plot:
+        from .plot import plot_field
+
+        s = relaxer.structure
+        plot_field(s, relaxer.layers[-1][s.spec.site_index(s.n_sites)], plot,
+                   title=f"definet demo: predicted displacements ({model})")
+        print(f"wrote {plot}")

@@ -56,7 +56,9 @@ def test_info_and_demo(tmp_path, ckpt, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["hidden"] == 32 and "Mo" in info["config"]["elements"]
     assert info["metadata"] == {"data": "none"}
-    assert cli(["demo", "--model", ckpt, "-o", str(tmp_path / "demo.cif")]) == 0
+    assert cli(["demo", "--model", ckpt, "-o", str(tmp_path / "demo.cif"), "--plot",
+                str(tmp_path / "demo.png")]) == 0
+    assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "Atoms that moved most" in out and "within 3 A" in out
     assert len(read(tmp_path / "demo.cif")) == 190
