@@ -1,5 +1,8 @@
 """The paper's headline check with our teacher: ionic steps saved by starting from DefiNet.
 
+Note: FIRE starts slowly; from the teacher's own minimum rattled by 0.002 Å it still
+takes ~17 steps to 0.01 eV/Å (BFGS: ~7), which bounds the reduction FIRE can show.
+
     python benchmarks/teacher_steps.py --data data --split test --n 50 [--model default]
 
 For test pairs, the teacher (CHGNet) relaxes with FIRE to 0.01 eV/Å once from the
@@ -20,10 +23,10 @@ import time
 
 import numpy as np
 import torch
-from ase.optimize import FIRE
 
 from ase_definet import get_model
 from ase_definet.batch import relax_many
+from ase_definet.data.label import get_optimizer
 from ase_definet.data.store import iter_pairs
 from ase_definet.data.teacher import get_teacher
 from ase_definet.train.dataset import expand_paths
@@ -31,10 +34,11 @@ from ase_definet.train.dataset import expand_paths
 logger = logging.getLogger("teacher_steps")
 
 
-def fire_steps(atoms, calc, fmax: float, max_steps: int = 3000) -> tuple[int, bool]:
+def teacher_steps(atoms, calc, fmax: float, optimizer: str = "FIRE",
+                  max_steps: int = 3000) -> tuple[int, bool]:
     a = atoms.copy()
     a.calc = calc
-    opt = FIRE(a, logfile=None)
+    opt = get_optimizer(optimizer)(a, logfile=None)
     ok = opt.run(fmax=fmax, steps=max_steps)
     return opt.nsteps, bool(ok)
 
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", default="default")
     p.add_argument("--teacher", default="chgnet")
     p.add_argument("--fmax", type=float, default=0.01)
+    p.add_argument("--optimizer", default="FIRE",
+                   help="FIRE (the data's optimizer), BFGS or LBFGS; BFGS is closer to the "
+                   "conjugate-gradient ionic steps (IBRION=2) of the paper's VASP runs")
     p.add_argument("--recompute", action="store_true",
                    help="also rerun the teacher from the unrelaxed structure")
     p.add_argument("--threads", type=int, default=None)
@@ -70,11 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for k, (pair, pred) in enumerate(zip(pairs, predicted)):
         t0 = time.perf_counter()
-        if args.recompute or "steps" not in pair.info:
-            n0, _ = fire_steps(pair.unrelaxed, calc, args.fmax)
+        stored = pair.info.get("optimizer") == args.optimizer and "steps" in pair.info
+        if args.recompute or not stored:
+            n0, _ = teacher_steps(pair.unrelaxed, calc, args.fmax, args.optimizer)
         else:
             n0 = int(pair.info["steps"])
-        n1, ok = fire_steps(pred, calc, args.fmax)
+        n1, ok = teacher_steps(pred, calc, args.fmax, args.optimizer)
         rows.append({"config_id": pair.info.get("config_id", k),
                      "material": pair.info.get("material", ""),
                      "n_defects": pair.spec.n_defects, "steps_unrelaxed": n0,
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"pairs": len(rows), "median_steps_unrelaxed": statistics.median(
         r["steps_unrelaxed"] for r in rows), "median_steps_definet": statistics.median(
         r["steps_definet"] for r in rows), "median_reduction": statistics.median(red)}
-    print(f"{args.teacher} FIRE to {args.fmax} eV/Å on {len(rows)} {args.split} pairs: median "
+    print(f"{args.teacher} {args.optimizer} to {args.fmax} eV/Å on {len(rows)} {args.split} pairs: median "
           f"{summary['median_steps_unrelaxed']:.0f} steps from the unrelaxed structure, "
           f"{summary['median_steps_definet']:.0f} from {args.model}'s prediction; median "
           f"reduction {100 * summary['median_reduction']:.0f} % (CSV: {args.csv})")
