@@ -66,11 +66,10 @@ def neighbor_graph(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
 def _cap(i, j, d, S, k: int, n: int):
     """Keep, per receiver, neighbours closer than the (k+1)-th by more than SHELL_TOL.
 
-    Input sorted by (i, d). Fully vectorised: rank of each edge within its receiver.
+    Input sorted by (i, d); fully vectorised.
     """
     counts = np.bincount(i, minlength=n)
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(i)) - start[i]
     over = counts > k  # receivers that need a cap
     if not over.any():
         return i, j, d, S
@@ -80,5 +79,4 @@ def _cap(i, j, d, S, k: int, n: int):
     # a single shell larger than k: keep that whole first shell rather than nothing
     first = d[start[i]]
     keep |= over[i] & (limit[i] <= first) & (d < first + SHELL_TOL)
-    del rank
     return i[keep], j[keep], d[keep], S[keep]
