@@ -7,7 +7,7 @@ configuration of it has been labelled, so files in ``out`` are complete and neve
 rewritten. Rerunning the same command resumes: labelled ``config_id``s are skipped.
 ``--shard K/N`` takes every N-th batch file, so shards never share a file.
 
-    python -m ase_definet.data.generate --out data --high 70 --low 350 --workers 1
+    python -m ase_definet.data.generate --out data --high 64 --low 320 --workers 1
 """
 
 from __future__ import annotations
