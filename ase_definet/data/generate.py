@@ -196,8 +196,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--partial-dir", type=Path, default=None,
                    help="folder for batches in progress (default OUT/partial)")
     p.add_argument("--materials", nargs="+", default=["all"], help="host names or 'all'")
-    p.add_argument("--high", type=int, default=70, help="high-density configs per concentration")
-    p.add_argument("--low", type=int, default=350, help="low-density configs (MoS2, WSe2)")
+    p.add_argument("--high", type=int, default=64, help="high-density configs per concentration")
+    p.add_argument("--low", type=int, default=320, help="low-density configs (MoS2, WSe2)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: this shard of N")
