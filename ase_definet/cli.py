@@ -85,7 +85,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from ase.io import read
 
-    from .plot import plot_field, reference_in_host_order
+    from .plot import plot_comparison, plot_field, reference_in_host_order
     from .relaxer import DefiNetRelaxer
 
     atoms, defects, pristine = _read_inputs(args)
@@ -95,7 +95,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     s = relaxer.structure
     predicted = relaxer.layers[-1][s.spec.site_index(s.n_sites)]
     ref = reference_in_host_order(s, read(args.reference)) if args.reference else None
-    plot_field(s, predicted, args.output, reference=ref)
+    if args.compare:
+        if ref is None:
+            raise ValueError("--compare needs --reference (the relaxed reference structure)")
+        plot_comparison(s, predicted, ref, args.output)
+    else:
+        plot_field(s, predicted, args.output, reference=ref)
     logger.info("wrote %s", args.output)
     return 0
 
@@ -160,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--vacancies", type=int, nargs="+")
     pl.add_argument("--substitute", nargs="+", metavar="SITE:ELEMENT")
     pl.add_argument("--reference", help="relaxed reference structure: draw the error field")
+    pl.add_argument("--compare", action="store_true",
+                    help="with --reference: three panels (reference and predicted "
+                    "displacements, error) on one scale")
     pl.add_argument("-o", "--output", required=True, help="PNG file")
     pl.add_argument("--model", default="default")
     pl.add_argument("--device")

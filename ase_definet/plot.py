@@ -28,6 +28,40 @@ def displacement_field(structure: DefectStructure, predicted: np.ndarray,
     return start, arrows
 
 
+def _draw(ax, structure: DefectStructure, start: np.ndarray, arrows: np.ndarray,
+          scale: float, vmax: float | None = None):
+    """One top-view panel; returns the quiver (for a colour bar)."""
+    mag = np.linalg.norm(arrows, axis=1)
+    cell = structure.pristine.cell[:]
+    corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]) @ cell[:2, :2]
+    ax.plot(corners[:, 0], corners[:, 1], "k-", lw=0.6)
+    numbers = structure.pristine.numbers[structure.spec.site_index(structure.n_sites)]
+    for z in np.unique(numbers):
+        sel = numbers == z
+        ax.scatter(start[sel, 0], start[sel, 1], s=12, alpha=0.35,
+                   label=chemical_symbols[z], zorder=1)
+    q = ax.quiver(start[:, 0], start[:, 1], arrows[:, 0], arrows[:, 1], mag, cmap="viridis",
+                  angles="xy", scale_units="xy", scale=scale, width=0.003, zorder=3,
+                  clim=(0, vmax) if vmax else None)
+    m = structure.markers
+    vac = structure.site_positions[m == VACANCY]
+    sub = structure.site_positions[m == SUBSTITUTION]
+    ax.scatter(vac[:, 0], vac[:, 1], s=90, facecolors="none", edgecolors="r", lw=1.5,
+               label="vacancy", zorder=4)
+    ax.scatter(sub[:, 0], sub[:, 1], s=110, marker="*", c="orange", edgecolors="k", lw=0.5,
+               label="substitution", zorder=4)
+    ax.set_aspect("equal")
+    ax.set(xlabel="x [Å]", ylabel="y [Å]")
+    return q
+
+
+def _arrow_scale(arrows: np.ndarray) -> float:
+    """Quiver scale (data units per Å) so the longest in-plane arrows span about 1.5 Å."""
+    inplane = np.linalg.norm(arrows[:, :2], axis=1)
+    ref = float(np.percentile(inplane, 99)) if inplane.size and inplane.max() > 0 else 1.0
+    return ref / 1.5
+
+
 def plot_field(structure: DefectStructure, predicted: np.ndarray, path: str | Path,
                reference: np.ndarray | None = None, title: str = "", scale: float | None = None
                ) -> Path:
@@ -39,33 +73,12 @@ def plot_field(structure: DefectStructure, predicted: np.ndarray, path: str | Pa
     import matplotlib.pyplot as plt
 
     start, arrows = displacement_field(structure, predicted, reference)
-    mag = np.linalg.norm(arrows, axis=1)
-    cell = structure.pristine.cell[:]
+    scale = scale or _arrow_scale(arrows)
     fig, ax = plt.subplots(figsize=(8, 7))
-    corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]) @ cell[:2, :2]
-    ax.plot(corners[:, 0], corners[:, 1], "k-", lw=0.6)
-    numbers = structure.pristine.numbers[structure.spec.site_index(structure.n_sites)]
-    for z in np.unique(numbers):
-        sel = numbers == z
-        ax.scatter(start[sel, 0], start[sel, 1], s=12, alpha=0.35,
-                   label=chemical_symbols[z], zorder=1)
-    inplane = np.linalg.norm(arrows[:, :2], axis=1)
-    ref = float(np.percentile(inplane, 99)) if inplane.size and inplane.max() > 0 else 1.0
-    scale = scale or ref / 1.5  # the longest in-plane arrows span about 1.5 Å on the plot
-    q = ax.quiver(start[:, 0], start[:, 1], arrows[:, 0], arrows[:, 1], mag, cmap="viridis",
-                  angles="xy", scale_units="xy", scale=scale, width=0.003, zorder=3)
-    fig.colorbar(q, ax=ax, shrink=0.75, label=("|error|" if reference is not None else "|displacement|")
-                 + " [Å]")
-    m = structure.markers
-    vac = structure.site_positions[m == VACANCY]
-    sub = structure.site_positions[m == SUBSTITUTION]
-    ax.scatter(vac[:, 0], vac[:, 1], s=90, facecolors="none", edgecolors="r", lw=1.5,
-               label="vacancy", zorder=4)
-    ax.scatter(sub[:, 0], sub[:, 1], s=110, marker="*", c="orange", edgecolors="k", lw=0.5,
-               label="substitution", zorder=4)
-    ax.set_aspect("equal")
-    ax.set(xlabel="x [Å]", ylabel="y [Å]",
-           title=title or ("DefiNet error field" if reference is not None
+    q = _draw(ax, structure, start, arrows, scale)
+    fig.colorbar(q, ax=ax, shrink=0.75, label=("|error|" if reference is not None
+                                               else "|displacement|") + " [Å]")
+    ax.set_title(title or ("DefiNet error field" if reference is not None
                            else "DefiNet displacement field"))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, fontsize=8)
     ax.text(0.99, 0.01, f"arrows: in-plane part, x{1 / scale:.0f}; colour: full |vector|",
@@ -73,6 +86,43 @@ def plot_field(structure: DefectStructure, predicted: np.ndarray, path: str | Pa
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=140)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(structure: DefectStructure, predicted: np.ndarray, reference: np.ndarray,
+                    path: str | Path, title: str = "") -> Path:
+    """Three panels on one arrow scale and one colour scale: the reference (teacher)
+    displacement, the predicted displacement and the error ``predicted - reference``.
+
+    Args:
+        structure: the defect structure (host, spec, unrelaxed positions).
+        predicted: (n_atoms, 3) Å predicted relaxed positions, host order.
+        reference: (n_atoms, 3) Å reference relaxed positions, host order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start, teacher = displacement_field(structure, reference)
+    _, model = displacement_field(structure, predicted)
+    _, error = displacement_field(structure, predicted, reference)
+    scale = _arrow_scale(teacher)
+    vmax = float(np.percentile(np.linalg.norm(teacher, axis=1), 99)) or None
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2), layout="constrained")
+    panels = [("teacher (reference) displacement", teacher), ("DefiNet displacement", model),
+              ("error: DefiNet - teacher", error)]
+    for ax, (name, arrows) in zip(axes, panels, strict=True):
+        q = _draw(ax, structure, start, arrows, scale, vmax)
+        mae = np.linalg.norm(arrows, axis=1).mean()
+        ax.set_title(f"{name}\nmean |vector| {mae:.3f} Å")
+    fig.colorbar(q, ax=axes, shrink=0.9, pad=0.01, label="|vector| [Å]")
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=6, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

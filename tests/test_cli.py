@@ -76,10 +76,16 @@ def test_plot_fields(tmp_path, host, ckpt):
     assert cli(["plot", str(tmp_path / "d.cif"), "--pristine", str(tmp_path / "host.cif"),
                 "--reference", str(tmp_path / "ref.cif"), "-o", str(tmp_path / "e.png"),
                 "--model", ckpt]) == 0
-    for name in ("f.png", "e.png"):
+    assert cli(["plot", str(tmp_path / "d.cif"), "--pristine", str(tmp_path / "host.cif"),
+                "--reference", str(tmp_path / "ref.cif"), "--compare",
+                "-o", str(tmp_path / "c.png"), "--model", ckpt]) == 0
+    for name in ("f.png", "e.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     other = DefectSpec(vacancies=(5,)).apply(host)
     write(tmp_path / "other.cif", other)
     assert cli(["plot", str(tmp_path / "d.cif"), "--pristine", str(tmp_path / "host.cif"),
                 "--reference", str(tmp_path / "other.cif"), "-o", str(tmp_path / "x.png"),
                 "--model", ckpt]) == 2
+    assert cli(["plot", str(tmp_path / "d.cif"), "--pristine", str(tmp_path / "host.cif"),
+                "--compare", "-o", str(tmp_path / "y.png"), "--model", ckpt]) == 2
+    assert not (tmp_path / "y.png").exists()

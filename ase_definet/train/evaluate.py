@@ -61,7 +61,8 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
                 keep["pred"].append(pred[sl][m] - start[sl][m])
                 keep["near"].append(near)
     model.train(was)
-    arrays = {key: np.concatenate(v) if v else np.zeros((0, 3)) for key, v in keep.items()}
+    empty = {"true": (0, 3), "pred": (0, 3), "near": (0,)}
+    arrays = {key: np.concatenate(v) if v else np.zeros(empty[key]) for key, v in keep.items()}
     return acc, arrays
 
 
