@@ -1,0 +1,72 @@
+"""The benchmark scripts run end to end on tiny cases, so their published tables can be
+regenerated (the figures themselves come from full runs, not from these tests)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from ase_definet import save_checkpoint
+
+from .conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    return str(save_checkpoint(tiny_model(hidden=16, layers=2, displacement_init=0.02),
+                               tmp_path / "m.safetensors"))
+
+
+def test_benchmark_table_and_csv(tmp_path, ckpt, capsys):
+    out = tmp_path / "bench.csv"
+    rows = load(ROOT / "benchmarks" / "benchmark.py").main(
+        ["--model", ckpt, "--sizes", "3", "2", "--repeats", "1", "--no-teacher",
+         "--throughput-structures", "4", "--batch-size", "2", "--threads", "1",
+         "--csv", str(out)])
+    assert [r["size"] for r in rows] == ["2x2", "3x3"]
+    assert rows[1]["sites"] == 27 and rows[0]["relax_vs_first"] == 1.0
+    assert all(r["forward_ms"] > 0 and r["relax_ms"] >= r["forward_ms"] for r in rows)
+    table = capsys.readouterr().out
+    assert "batched 8x8 throughput" in table and "3x3" in table
+    with open(out) as fh:
+        saved = list(csv.DictReader(fh))
+    assert len(saved) == 2 and float(saved[0]["throughput_8x8_per_s"]) > 0
+
+
+def test_model_size_table(tmp_path, ckpt, capsys):
+    run = tmp_path / "size_F16_T2"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(Path(ckpt).read_bytes())
+    (run / "config.json").write_text(json.dumps(
+        {"model": {"hidden": 16, "layers": 2, "max_neighbors": 24}}))
+    with open(run / "log.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["epoch", "train_loss", "val_mae", "val_a3", "val_dummy_mae", "lr",
+                    "seconds"])
+        w.writerow([1, 0.2, 0.10, 0.3, 0.12, 5e-4, 60.0])
+        w.writerow([2, 0.1, 0.08, 0.2, 0.12, 5e-4, 60.0])
+        w.writerow([3, 0.1, 0.09, 0.2, 0.12, 5e-4, 60.0])
+    out = tmp_path / "sizes.csv"
+    load(ROOT / "benchmarks" / "model_size.py").main(
+        [str(run), "--threads", "1", "--repeats", "1", "--csv", str(out)])
+    with open(out) as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["best_epoch"] == "2" and float(row["val_mae"]) == 0.08
+    assert float(row["train_min"]) == 3.0 and float(row["forward_ms"]) > 0
+    assert "0.67" in capsys.readouterr().out  # MAE / Dummy of the best epoch
+    (run / "log.csv").write_text("epoch,val_mae\n")
+    with pytest.raises(ValueError, match="no epochs"):
+        load(ROOT / "benchmarks" / "model_size.py").main([str(run)])
