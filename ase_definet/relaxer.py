@@ -30,10 +30,10 @@ from ase.parallel import world
 from ase.utils import IOContext
 
 from .checkpoint import get_model
-from .data.label import get_optimizer
 from .defects import SpecLike
 from .matching import DEFAULT_TOLERANCE, describe
 from .model import DefiNet
+from .optimizers import get_optimizer
 from .predict import model_device, predict_sites
 from .structure import DefectStructure
 

@@ -7,17 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
-from ase.optimize import BFGS, FIRE, LBFGS
 
-OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS, "LBFGS": LBFGS}
+from ..optimizers import OPTIMIZERS, get_optimizer
 
-
-def get_optimizer(name: str):
-    """ASE optimizer class by name; the error lists the valid names."""
-    try:
-        return OPTIMIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}") from None
+__all__ = ["OPTIMIZERS", "Relaxation", "get_optimizer", "relax_fixed_cell"]
 
 
 @dataclass
