@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import statistics
 import sys
@@ -55,12 +54,11 @@ def summarise(run: Path, repeats: int) -> dict:
     if not log:
         raise ValueError(f"{run}/log.csv has no epochs yet")
     best = min(log, key=lambda r: float(r["val_mae"]))
-    cfg = json.loads((run / "config.json").read_text())
     model, _ = load_checkpoint(run / "best.safetensors", device="cpu")
+    cfg = model.config  # the checkpoint's own (a fine-tuning run inherits it)
     return {
         "run": run.name,
-        "F": cfg["model"]["hidden"], "T": cfg["model"]["layers"],
-        "N": cfg["model"]["max_neighbors"],
+        "F": cfg.hidden, "T": cfg.layers, "N": cfg.max_neighbors,
         "params": sum(p.numel() for p in model.parameters()),
         "epochs": len(log), "best_epoch": int(best["epoch"]),
         "train_min": sum(float(r["seconds"]) for r in log) / 60,
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", type=Path, nargs="+", help="training run folders")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--csv", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

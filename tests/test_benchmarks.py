@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -50,8 +49,6 @@ def test_model_size_table(tmp_path, ckpt, capsys):
     run = tmp_path / "size_F16_T2"
     run.mkdir()
     (run / "best.safetensors").write_bytes(Path(ckpt).read_bytes())
-    (run / "config.json").write_text(json.dumps(
-        {"model": {"hidden": 16, "layers": 2, "max_neighbors": 24}}))
     with open(run / "log.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["epoch", "train_loss", "val_mae", "val_a3", "val_dummy_mae", "lr",
@@ -65,6 +62,7 @@ def test_model_size_table(tmp_path, ckpt, capsys):
     with open(out) as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["best_epoch"] == "2" and float(row["val_mae"]) == 0.08
+    assert (row["F"], row["T"], row["N"]) == ("16", "2", "24")  # from the checkpoint
     assert float(row["train_min"]) == 3.0 and float(row["forward_ms"]) > 0
     assert "0.67" in capsys.readouterr().out  # MAE / Dummy of the best epoch
     (run / "log.csv").write_text("epoch,val_mae\n")
