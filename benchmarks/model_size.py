@@ -16,35 +16,28 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from ase_definet import DefectStructure, load_checkpoint
-from ase_definet.data.configs import high_density_configs
-from ase_definet.data.hosts import get_host
 from ase_definet.graph import collate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import structure, timed
 
 logger = logging.getLogger("model_size")
 
 
 def forward_ms(model: torch.nn.Module, repeats: int) -> float:
-    """Median forward time (ms) of ``model`` on an 8x8 MoS2 cell with 10 % defects."""
-    host = get_host("MoS2")
-    spec = high_density_configs(host, 1, seed=0, concentrations=(0.10,))[0].spec
-    s = DefectStructure.from_host(host.pristine(), spec, model.elements)
+    """Median forward time (ms) of ``model`` on an 8x8 MoS2 cell with 10 % defects
+    (the structure and the timing of ``benchmark.py``)."""
+    host, spec = structure(8)
+    s = DefectStructure.from_host(host, spec, model.elements)
     batch = collate([s.graph(model.cutoff, model.max_neighbors)])
-    times = []
     with torch.inference_mode():
-        model(batch)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(batch)
-            times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        return 1e3 * timed(lambda: model(batch), repeats)
 
 
 def summarise(run: Path, repeats: int) -> dict:

@@ -1,7 +1,7 @@
 """The paper's headline check with our teacher: ionic steps saved by starting from DefiNet.
 
-Note: FIRE starts slowly; from the teacher's own minimum rattled by 0.002 Å it still
-takes ~17 steps to 0.01 eV/Å (BFGS: ~7), which bounds the reduction FIRE can show.
+Note: FIRE starts slowly (its velocities ramp up from zero), so even a near-perfect
+start costs it several steps; ``--optimizer BFGS`` shows the quasi-Newton variant.
 
     python benchmarks/teacher_steps.py --data data --split test --n 50 [--model default]
 
