@@ -123,10 +123,11 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
     assert (tmp_path / "ft" / "best.md").read_text().startswith("# Model card")
     rc = cli(["evaluate", "--model", str(tmp_path / "ft" / "best.safetensors"), "--data",
               str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
-              "--split", "all", "--out-dir", str(tmp_path / "ev")])
+              "--out-dir", str(tmp_path / "ev")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "overall" in out and "A3" in out
+    assert "on 10 pairs (all)" in out  # pairs without a split: all of them, not an error
     rows = list(csv.DictReader(open(tmp_path / "ev" / "evaluation.csv")))
     overall = next(r for r in rows if r["group"] == "overall")
     dummy = np.mean(np.concatenate([np.linalg.norm(p.relaxed_positions - p.unrelaxed.positions,

@@ -95,7 +95,7 @@ def build_datasets(data: list[str], cutoff: float, max_neighbors: int | None, *,
         return full.subset(split="train"), full.subset(split="val"), full.subset(split="test")
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(full), generator=g).tolist()
-    n_val = max(1, round(val_fraction * len(full)))
+    n_val = max(1, round(val_fraction * len(full))) if val_fraction > 0 else 0
     val = PairDataset([full[i] for i in order[:n_val]])
     train = PairDataset([full[i] for i in order[n_val:]])
     logger.info("pairs carry no split: %d train, %d val (seed %d)", len(train), len(val), seed)
@@ -192,6 +192,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "all": PairDataset(train.samples + val.samples + test.samples)}
     if args.split not in sets:
         raise ValueError(f"unknown split {args.split!r}; choose from {sorted(sets)}")
+    if args.split == "test" and not len(val) and not len(test):
+        logger.info("the pairs carry no split: evaluating all %d of them", len(train))
+        args.split = "all"
     ds = sets[args.split]
     if len(ds) == 0:
         raise ValueError(f"no pairs in split {args.split!r}")
