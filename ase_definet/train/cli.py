@@ -40,6 +40,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
     p.add_argument("--max-hours", type=float)
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training forward: 1.5-2x faster on CPU after "
+                        "1-4 minutes of compiling")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="validation share when the pairs carry no split")
     p.add_argument("--description", help="what the training data is (for the model card)")
@@ -110,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
             "clip_grad", "ema_decay", "early_stop", "seed", "device", "threads",
-            "max_hours", "description", "cache_dir")
+            "max_hours", "description", "cache_dir", "compile")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.data:
         overrides["data"] = args.data

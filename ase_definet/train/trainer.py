@@ -65,6 +65,7 @@ class TrainConfig:
     threads: int | None = None
     max_hours: float | None = None  # stop cleanly (resumable) after this long
     deterministic: bool = True  # deterministic scatter/gather backward: exact resumes
+    compile: bool = False  # torch.compile the training forward (1.5-2x on CPU; 1-4 min to compile)
     description: str = ""  # what the training data is, for the model card
 
     @classmethod
@@ -161,6 +162,8 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if config.compile:  # the checkpoints keep the plain module's parameter names
+            self.net = torch.compile(self.net, dynamic=True)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                      weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
