@@ -20,7 +20,7 @@ def readme_block(after: str) -> list[str]:
     """The commands of the first ```bash block after the line containing ``after``."""
     text = (ROOT / "README.md").read_text()
     start = text.index(after)
-    block = re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", text[start:], re.DOTALL).group(1)
     return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
 
 
