@@ -197,3 +197,42 @@ def test_generate_with_two_worker_processes(tmp_path):
     with connect(tmp_path / "d" / "CuTest_high_000.db") as db:
         assert sorted(r.config_id for r in db.select()) == [f"CuTest-high-{i:05d}"
                                                             for i in range(5)]
+
+
+def test_first_derivatives_only_same_gradient_without_a_graph():
+    import torch
+
+    from ase_definet.data.teacher import first_derivatives_only
+
+    stock_grad = torch.autograd.grad
+    x = torch.linspace(-1.0, 1.0, 7, requires_grad=True)
+    energy = (torch.sin(3 * x) * x**2).sum()
+    (ref,) = torch.autograd.grad(energy, x, create_graph=True, retain_graph=True)
+    assert ref.requires_grad  # a graph of the gradient was built
+    with first_derivatives_only():
+        (g,) = torch.autograd.grad(energy, x, create_graph=True, retain_graph=True)
+    assert not g.requires_grad
+    assert torch.equal(g, ref.detach())
+    assert torch.autograd.grad is stock_grad  # restored after the block
+    with pytest.raises(RuntimeError), first_derivatives_only():
+        raise RuntimeError("restored on error too")
+    assert torch.autograd.grad is stock_grad
+    (again,) = torch.autograd.grad(energy, x, create_graph=True)
+    assert again.requires_grad
+
+
+def test_chgnet_teacher_forces_match_the_stock_calculator():
+    pytest.importorskip("chgnet")
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    from ase_definet.data.teacher import _chgnet_model, chgnet_calculator
+
+    atoms = get_host("MoS2").pristine()
+    del atoms[[3, 50]]
+    atoms.rattle(0.05, seed=1)
+    ours = atoms.copy()
+    ours.calc = chgnet_calculator()
+    stock = atoms.copy()
+    stock.calc = CHGNetCalculator(model=_chgnet_model(), use_device="cpu")
+    assert ours.get_potential_energy() == pytest.approx(stock.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(ours.get_forces(), stock.get_forces(), atol=2e-4)
