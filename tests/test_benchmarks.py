@@ -68,3 +68,28 @@ def test_model_size_table(tmp_path, ckpt, capsys):
     (run / "log.csv").write_text("epoch,val_mae\n")
     with pytest.raises(ValueError, match="no epochs"):
         load(ROOT / "benchmarks" / "model_size.py").main([str(run)])
+
+
+def test_sliding_mode_measures_a_known_shear(host, tmp_path):
+    from ase_definet.data.store import Pair
+    from ase_definet.defects import DefectSpec
+    from ase_definet.train.dataset import PairDataset
+
+    mod = load(ROOT / "benchmarks" / "sliding_mode.py")
+    spec = DefectSpec(vacancies=(4,), substitutions={0: "W"})
+    unrelaxed = spec.apply(host)
+    z = unrelaxed.positions[:, 2]
+    top, bottom = mod.halves(z, float(host.positions[:, 2].mean()))
+    assert top.sum() and bottom.sum() and (top | bottom).sum() < len(z)  # Mo plane: neither
+    relaxed = unrelaxed.positions.copy()
+    relaxed[top, :2] += [0.06, 0.0]
+    relaxed[bottom, :2] -= [0.06, 0.0]
+    pair = Pair(unrelaxed, relaxed, host, spec, {"material": "MoS2", "split": "test"})
+    identity = tiny_model(hidden=16, layers=2, displacement_init=0.0)  # predicts the input
+    ds = PairDataset.from_pairs([pair], identity.cutoff, identity.max_neighbors)
+    (row,) = mod.analyse(identity, ds)
+    assert row["slide_true"] == pytest.approx(0.12)
+    assert row["slide_pred"] == pytest.approx(0.0, abs=1e-6)
+    assert row["slide_err"] == pytest.approx(0.12)
+    assert row["mae"] == pytest.approx(row["dummy"], abs=1e-6)
+    assert row["mae_exact_slide"] == pytest.approx(0.0, abs=1e-5)

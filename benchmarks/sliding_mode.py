@@ -1,0 +1,108 @@
+"""How much of the error is the two halves of a layer sliding against each other?
+
+    python benchmarks/sliding_mode.py [--model default] [--data data] [--splits val test]
+
+In the three-plane-thick and thicker monolayers (InSe, GaSe: Se-X-X-Se; MoS2, WSe2: S-M-S;
+BP: puckered), the teacher's relaxations at high defect density often shift the upper
+half of the layer in-plane relative to the lower half: a collective, cell-wide soft
+mode. For each material this prints, over the chosen splits:
+
+* the teacher's sliding ``|s|``, with ``s`` = mean in-plane displacement of the atoms
+  above the layer's mid-plane minus that of the atoms below it (Å, median over pairs),
+  and the share of pairs where it exceeds 0.05 and 0.1 Å;
+* the same quantity in the model's prediction, and the error of the predicted ``s``;
+* the model's coordinate MAE, the MAE it would have if only its ``s`` were replaced by the
+  teacher's (the halves shifted by +/- half the difference), and the Dummy MAE.
+
+The gap between the last two MAEs is the part of the error that is this one global mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+
+import numpy as np
+
+from ase_definet import get_model
+from ase_definet.train.dataset import PairDataset, load_pairs
+from ase_definet.train.evaluate import evaluate_model
+
+logger = logging.getLogger("sliding_mode")
+
+
+def halves(z: np.ndarray, mid: float, gap: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of the atoms above and below the mid-plane ``mid`` (Å)."""
+    return z > mid + gap, z < mid - gap
+
+
+def sliding(disp: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """(2,) Å: mean in-plane displacement of ``top`` minus that of ``bottom``."""
+    return disp[top, :2].mean(0) - disp[bottom, :2].mean(0)
+
+
+def analyse(model, dataset: PairDataset) -> list[dict]:
+    """One row per pair with a top and a bottom half: sliding and MAEs (Å)."""
+    _, arrays = evaluate_model(model, dataset, collect=True)
+    sizes = [int(s.mask.sum()) for s in dataset]
+    starts = np.cumsum([0] + sizes)
+    rows = []
+    for k, sample in enumerate(dataset):
+        sl = slice(starts[k], starts[k + 1])
+        true, pred = arrays["true"][sl], arrays["pred"][sl]
+        z = sample.graph.positions[sample.mask][:, 2]
+        top, bottom = halves(z, float(sample.graph.positions[:, 2].mean()))
+        if not (top.any() and bottom.any()):
+            continue  # a flat layer (h-BN) has no halves
+        s_true, s_pred = sliding(true, top, bottom), sliding(pred, top, bottom)
+        fixed = pred.copy()
+        fixed[top, :2] += (s_true - s_pred) / 2
+        fixed[bottom, :2] -= (s_true - s_pred) / 2
+        rows.append({"material": sample.info.get("material", "?"),
+                     "slide_true": float(np.linalg.norm(s_true)),
+                     "slide_pred": float(np.linalg.norm(s_pred)),
+                     "slide_err": float(np.linalg.norm(s_pred - s_true)),
+                     "mae": float(np.linalg.norm(pred - true, axis=1).mean()),
+                     "mae_exact_slide": float(np.linalg.norm(fixed - true, axis=1).mean()),
+                     "dummy": float(np.linalg.norm(true, axis=1).mean())})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="weights name or checkpoint")
+    p.add_argument("--data", nargs="+", default=["data"], help="ase.db files or folders")
+    p.add_argument("--splits", nargs="+", default=["val", "test"])
+    p.add_argument("--density", default="high", help="'high', 'low' or 'all'")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = get_model(args.model)
+    pairs = [q for q in load_pairs(args.data) if q.info.get("split") in args.splits
+             and args.density in ("all", q.info.get("density"))]
+    rows = analyse(model, PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors))
+    print(f"model {args.model}; splits {' '.join(args.splits)}; density {args.density}; "
+          "sliding |s| in Å (median over pairs), MAE in Å (mean over pairs)")
+    print(f"{'material':<9}{'pairs':>6}{'|s| teacher':>12}{'>0.05':>7}{'>0.1':>6}"
+          f"{'|s| model':>10}{'s error':>9}{'MAE':>8}{'MAE exact s':>12}{'Dummy':>8}")
+    for mat in sorted({r["material"] for r in rows}):
+        rs = [r for r in rows if r["material"] == mat]
+        med = {k: statistics.median(r[k] for r in rs)
+               for k in ("slide_true", "slide_pred", "slide_err")}
+        mean = {k: statistics.fmean(r[k] for r in rs)
+                for k in ("mae", "mae_exact_slide", "dummy")}
+        over = [100 * statistics.fmean(r["slide_true"] > t for r in rs) for t in (0.05, 0.1)]
+        print(f"{mat:<9}{len(rs):>6}{med['slide_true']:>12.3f}{over[0]:>6.0f}%{over[1]:>5.0f}%"
+              f"{med['slide_pred']:>10.3f}{med['slide_err']:>9.3f}{mean['mae']:>8.3f}"
+              f"{mean['mae_exact_slide']:>12.3f}{mean['dummy']:>8.3f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
