@@ -93,3 +93,29 @@ def test_sliding_mode_measures_a_known_shear(host, tmp_path):
     assert row["slide_err"] == pytest.approx(0.12)
     assert row["mae"] == pytest.approx(row["dummy"], abs=1e-6)
     assert row["mae_exact_slide"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_label_noise_relabels_stored_pairs(tmp_path, capsys):
+    from ase.build import bulk
+    from ase.db import connect
+
+    from ase_definet.data.label import relax_fixed_cell
+    from ase_definet.data.store import Pair, write_pair
+    from ase_definet.data.teacher import get_teacher
+    from ase_definet.defects import DefectSpec
+
+    host = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    spec = DefectSpec(vacancies=(0,), substitutions={5: "Ag"})
+    unrelaxed = spec.apply(host)
+    res = relax_fixed_cell(unrelaxed, get_teacher("emt"), fmax=0.01)
+    with connect(tmp_path / "p.db") as db:
+        write_pair(db, Pair(unrelaxed, res.positions, host, spec,
+                            {"config_id": "cu-0", "steps": res.steps, "converged": True,
+                             "relaxed_energy": res.energy, "split": "test"}))
+    (row,) = load(ROOT / "benchmarks" / "label_noise.py").main(
+        ["--pairs", str(tmp_path / "p.db"), "--n", "3", "--rattle", "0.001", "--teacher",
+         "emt"])
+    assert row["config_id"] == "cu-0" and row["stored_steps"] == res.steps
+    assert row["dummy"] > 0.005 and row["mean_dist"] < 0.1 * row["dummy"]
+    assert abs(row["dE_meV"]) < 5
+    assert "cu-0" in capsys.readouterr().out
