@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -121,6 +122,8 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
               "--out", str(tmp_path / "ft"), "--epochs", "2", "--batch-size", "4"])
     assert rc == 0
     assert (tmp_path / "ft" / "best.md").read_text().startswith("# Model card")
+    recorded = json.loads((tmp_path / "ft" / "config.json").read_text())["model"]
+    assert recorded["hidden"] == 16 and recorded["layers"] == 2  # the checkpoint's, not 128
     rc = cli(["evaluate", "--model", str(tmp_path / "ft" / "best.safetensors"), "--data",
               str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
               "--out-dir", str(tmp_path / "ev")])

@@ -132,6 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         base = get_model(cfg.init_from, "cpu")
         model = DefiNet(DefiNetConfig.from_dict(base.config.to_dict()))
         model.load_state_dict(base.state_dict())
+        # record the architecture actually trained (the config file's `model` is unused)
+        cfg.model = {k: v for k, v in base.config.to_dict().items() if k != "elements"}
         cutoff, max_nb = model.cutoff, model.max_neighbors
     else:
         probe = DefiNetConfig(**cfg.model)
