@@ -89,8 +89,7 @@ def relabel_pairs(path: str, n: int, rattle: float, seed: int, calc, fmax: float
 
     rows = []
     for pair in itertools.islice(iter_pairs([path]), n):
-        start = pair.unrelaxed.copy()
-        start.calc = None
+        start = pair.unrelaxed.copy()  # Atoms.copy() drops the stored calculator
         start.rattle(rattle, seed=seed)
         res = relax_fixed_cell(start, calc, fmax=fmax, steps=2000)
         d = np.linalg.norm(res.positions - pair.relaxed_positions, axis=1)

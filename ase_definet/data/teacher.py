@@ -25,7 +25,8 @@ def first_derivatives_only() -> Iterator[None]:
     CHGNet (0.3-0.4) asks autograd for a differentiable force graph
     (``create_graph=True``) even at inference, which only training needs. Labelling
     takes one derivative, so dropping it makes each energy+force call about 1.5x faster
-    (0.33 -> 0.21 s for a 190-atom MoS2 cell on one thread) with identical energies and
+    (0.33 -> 0.21 s for a 190-atom MoS2 cell on one thread, this project's 2-core VM
+    with other load; not yet in a benchmark script) with identical energies and
     forces equal to float32 rounding (~3e-5 eV/Å). Not thread-safe: it patches
     ``torch.autograd.grad`` for the duration of the block.
     """
