@@ -175,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="count the pairs of ase.db data files")
     s.add_argument("paths", nargs="+", help="ase.db files or folders")
+    s.add_argument("--verify", type=int, default=0, metavar="N",
+                   help="also recompute CHGNet forces at the relaxed positions of N random "
+                   "converged pairs (needs the 'teacher' extra); exit 1 if any exceeds "
+                   "--limit")
+    s.add_argument("--limit", type=float, default=0.03, help="force limit of --verify, eV/Å")
+    s.add_argument("--seed", type=int, default=0, help="seed of the --verify draw")
+    s.add_argument("--teacher", default="chgnet",
+                   help="calculator of --verify (chgnet: CHGNet's stock calculator)")
     s.set_defaults(func=_run_summary)
     _add_training_commands(sub)
     return p
@@ -184,8 +192,17 @@ def _run_summary(args: argparse.Namespace) -> int:
     from .data.summary import summarize
     from .train.dataset import expand_paths
 
-    print(summarize(expand_paths(args.paths)))
-    return 0
+    paths = expand_paths(args.paths)
+    print(summarize(paths))
+    if args.verify <= 0:
+        return 0
+    from .data.teacher import get_teacher
+    from .data.verify import format_checks, relaxed_forces, stock_chgnet
+
+    calc = stock_chgnet() if args.teacher == "chgnet" else get_teacher(args.teacher)
+    checks = relaxed_forces(paths, args.verify, calc, seed=args.seed)
+    print(format_checks(checks, args.limit))
+    return 0 if max(c.max_force for c in checks) < args.limit else 1
 
 
 def _run_generate(args: argparse.Namespace) -> int:

@@ -189,6 +189,26 @@ def test_generate_and_summary_cli(tmp_path, capsys):
     assert cli(["generate", "--materials", "Nope", "--out", str(tmp_path / "x")]) == 2
 
 
+def test_summary_verify_recomputes_teacher_forces(tmp_path, capsys):
+    from ase_definet.cli import main as cli
+
+    cu_host()
+    assert cli(["generate", "--out", str(tmp_path / "d"), "--materials", "CuTest", "--high",
+                "1", "--low", "0", "--teacher", "emt", "--batch-size", "5", "--steps", "300",
+                "--fmax", "0.05"]) == 0
+    capsys.readouterr()
+    verify = ["summary", str(tmp_path / "d"), "--verify", "3", "--teacher", "emt",
+              "--limit", "0.06"]
+    assert cli(verify) == 0
+    out = capsys.readouterr().out
+    assert "OK: largest force" in out and len(out.split("CuTest_high_000.db")) == 4
+    with connect(tmp_path / "d" / "CuTest_high_000.db") as db:  # spoil the labels
+        for row in db.select():
+            db.update(row.id, data={"relaxed_positions": row.toatoms().positions})
+    assert cli(verify[:3] + ["5"] + verify[4:]) == 1  # unrelaxed positions: large forces
+    assert "FAILED" in capsys.readouterr().out
+
+
 def test_generate_with_two_worker_processes(tmp_path):
     cu_host()
     batches = generate.plan_jobs(["CuTest"], n_high_per_conc=1, n_low=0, batch_size=5)
