@@ -73,6 +73,25 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert state["epoch"] == 3
 
 
+def test_cosine_schedule_decays_and_resumes_exactly(tmp_path):
+    train, val = datasets()
+    full = Trainer(cfg(tmp_path / "a", schedule="cosine", min_lr=1e-5), train, val)
+    full.fit()
+    lrs = [row["lr"] for row in full.history]
+    assert lrs[0] < 2e-3 and lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] == pytest.approx(1e-5)  # the end of the cosine
+    part = Trainer(cfg(tmp_path / "b", schedule="cosine", min_lr=1e-5), train, val)
+    part.cfg.epochs = 2  # killed after two of three epochs
+    part.fit()
+    resumed = Trainer(cfg(tmp_path / "b", schedule="cosine", min_lr=1e-5), train, val)
+    assert resumed.try_resume() and resumed.epoch == 2
+    resumed.fit()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    with pytest.raises(ValueError, match="unknown schedule"):
+        Trainer(cfg(tmp_path / "c", schedule="linear"), train, val)
+
+
 def test_training_reduces_the_error(tmp_path):
     train, val = datasets(20)
     t = Trainer(cfg(tmp_path, epochs=25, lr=3e-3, ema_decay=0.9), train, val)

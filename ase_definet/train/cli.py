@@ -33,6 +33,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--lr-factor", type=float)
     p.add_argument("--lr-patience", type=int)
+    p.add_argument("--schedule", choices=["plateau", "cosine"],
+                   help="learning-rate schedule: plateau (the paper's ReduceLROnPlateau) or "
+                   "cosine (decay to --min-lr over --epochs, for fixed budgets)")
+    p.add_argument("--min-lr", type=float)
     p.add_argument("--clip-grad", type=float)
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--early-stop", type=int)
@@ -112,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig, Trainer
 
     keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
-            "clip_grad", "ema_decay", "early_stop", "seed", "device", "threads",
+            "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "seed", "device", "threads",
             "max_hours", "description", "cache_dir", "compile")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.data:

@@ -4,6 +4,8 @@ AdamW (lr 1e-4), ReduceLROnPlateau (factor 0.8, patience 5) on the validation MA
 gradient clipping, an exponential moving average (EMA, decay 0.999) of the weights that
 is validated and saved, loss = mean distance between predicted and relaxed positions
 over atoms (vacancy placeholders excluded), early stopping on the validation MAE.
+``schedule="cosine"`` replaces the plateau rule by a cosine decay over a fixed number
+of epochs, which suits fixed compute budgets.
 
 Output folder: ``best.safetensors`` (EMA weights of the best epoch, a normal
 checkpoint), ``best.md`` (its model card), ``last.pt`` (the full training state, loaded
@@ -54,6 +56,10 @@ class TrainConfig:
     lr_factor: float = 0.8
     lr_patience: int = 5
     min_lr: float = 1e-6
+    # "plateau" (the paper): ReduceLROnPlateau on the validation MAE; "cosine": cosine
+    # decay from lr to min_lr over `epochs`, per step (for fixed budgets; early stopping
+    # and max_hours still apply)
+    schedule: str = "plateau"
     clip_grad: float = 10.0
     ema_decay: float = 0.999
     early_stop: int = 40  # epochs without improvement of the validation MAE
@@ -166,9 +172,16 @@ class Trainer:
             self.net = torch.compile(self.net, dynamic=True)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                      weight_decay=config.weight_decay)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.opt, mode="min", factor=config.lr_factor, patience=config.lr_patience,
-            min_lr=config.min_lr)
+        if config.schedule == "plateau":
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.opt, mode="min", factor=config.lr_factor, patience=config.lr_patience,
+                min_lr=config.min_lr)
+        elif config.schedule == "cosine":
+            steps = max(config.epochs * self.batches_per_epoch(), 1)
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.opt, T_max=steps, eta_min=config.min_lr)
+        else:
+            raise ValueError(f"unknown schedule {config.schedule!r}: 'plateau' or 'cosine'")
         self.ema = EMA(self.model, config.ema_decay)
         self.gen = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
@@ -191,7 +204,10 @@ class Trainer:
         self.model.load_state_dict(s["model"])
         self.ema.load_state_dict(s["ema"])
         self.opt.load_state_dict(s["opt"])
+        t_max = getattr(self.sched, "T_max", None)
         self.sched.load_state_dict(s["sched"])
+        if t_max is not None:  # cosine: a resumed run may extend --epochs
+            self.sched.T_max = t_max
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
         self.epoch, self.best = int(s["epoch"]), float(s["best"])
@@ -222,10 +238,14 @@ class Trainer:
         return m.to(self.device)
 
     # -------------------------------------------------------------- loop
+    def batches_per_epoch(self) -> int:
+        """Optimizer steps per epoch on each rank."""
+        return -(-len(self.train_set) // self.cfg.batch_size) // self.world
+
     def train_epoch(self) -> float:
         self.net.train()
         total, n = 0.0, 0
-        nb = -(-len(self.train_set) // self.cfg.batch_size) // self.world
+        nb = self.batches_per_epoch()
         for batch in tqdm(iter_batches(self.train_set, self.cfg.batch_size, True, self.gen,
                                        self.rank, self.world), total=nb, leave=False,
                           desc=f"epoch {self.epoch + 1}", unit="batch",
@@ -248,6 +268,8 @@ class Trainer:
                 logger.warning("non-finite gradient: step skipped (%d so far)", self.skipped)
                 continue
             self.opt.step()
+            if self.cfg.schedule == "cosine":
+                self.sched.step()
             self.ema.update(self.model)
             total += float(loss.detach())
             n += 1
@@ -265,7 +287,8 @@ class Trainer:
             ema = self.ema_model()
             acc, _ = evaluate_model(ema, self.val_set, self.cfg.batch_size, self.device)
             val_mae, val_a3 = acc.mae(), acc.mae(region="A3")
-            self.sched.step(val_mae)
+            if self.cfg.schedule == "plateau":
+                self.sched.step(val_mae)
             self.epoch += 1
             improved = val_mae < self.best - 1e-7
             if improved:
