@@ -119,3 +119,14 @@ def test_label_noise_relabels_stored_pairs(tmp_path, capsys):
     assert row["dummy"] > 0.005 and row["mean_dist"] < 0.1 * row["dummy"]
     assert abs(row["dE_meV"]) < 5
     assert "cu-0" in capsys.readouterr().out
+
+
+def test_teacher_cost_table(capsys):
+    from .test_data import cu_host
+
+    cu_host()
+    rows = load(ROOT / "benchmarks" / "teacher_cost.py").main(
+        ["--hosts", "CuTest", "--teachers", "emt", "--repeats", "2", "--fire-steps", "3"])
+    assert rows[0]["atoms"] <= 32 and rows[0]["emt"] > 0 and rows[0]["fire_step"] > 0
+    out = capsys.readouterr().out
+    assert "CuTest" in out and "1.00x" in out and "FIRE s/step" in out

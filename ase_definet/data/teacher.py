@@ -25,9 +25,9 @@ def first_derivatives_only() -> Iterator[None]:
     CHGNet (0.3-0.4) asks autograd for a differentiable force graph
     (``create_graph=True``) even at inference, which only training needs. Labelling
     takes one derivative, so dropping it makes each energy+force call about 1.5x faster
-    (0.33 -> 0.21 s for a 190-atom MoS2 cell on one thread, this project's 2-core VM
-    with other load; not yet in a benchmark script) with identical energies and
-    forces equal to float32 rounding (~3e-5 eV/Å). Not thread-safe: it patches
+    (``python benchmarks/teacher_cost.py``, ``benchmarks/results/teacher_cost.txt``)
+    with identical energies and forces equal to float32 rounding (~3e-5 eV/Å).
+    Not thread-safe: it patches
     ``torch.autograd.grad`` for the duration of the block.
     """
     import torch
@@ -87,9 +87,18 @@ def _emt(device: str = "cpu") -> Calculator:
     return EMT()
 
 
-#: name -> factory(device) of an ASE calculator. EMT (metals only) is for tests and demos.
+def _stock_chgnet(device: str = "cpu") -> Calculator:
+    from .verify import stock_chgnet
+
+    return stock_chgnet(device)
+
+
+#: name -> factory(device) of an ASE calculator. "chgnet" labels the data;
+#: "chgnet-stock" is CHGNet's own calculator, unpatched (energy, forces, stress and
+#: magnetic moments), for checks and timings. EMT (metals only) is for tests and demos.
 TEACHERS: dict[str, Callable[..., Calculator]] = {
     "chgnet": lambda device="cpu": chgnet_calculator(device=device),
+    "chgnet-stock": _stock_chgnet,
     "emt": _emt,
 }
 
