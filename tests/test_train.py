@@ -165,6 +165,15 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
     assert meta["test_metrics"]["overall"]["dummy_all"] == pytest.approx(dummy, rel=1e-4)
     rc = cli(["train", "--data", str(tmp_path / "nothing.db"), "--out", str(tmp_path / "x")])
     assert rc == 2
+    ft = ["finetune", "--from", str(tmp_path / "base.safetensors"), "--data",
+          str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
+          "--epochs", "1", "--batch-size", "4"]
+    assert cli(ft + ["--out", str(tmp_path / "n12"), "--max-neighbors", "12"]) == 0
+    m12, _ = load_checkpoint(tmp_path / "n12" / "best.safetensors")
+    assert m12.max_neighbors == 12 and m12.config.hidden == 16  # graph setting changed
+    capsys.readouterr()
+    assert cli(ft + ["--out", str(tmp_path / "h32"), "--hidden", "32"]) == 2
+    assert "only --max-neighbors may change" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -130,11 +130,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.model = {**cfg.model, **model_over}
     model = None
     if cfg.init_from:
-        if model_over:
+        # the neighbour cap is a graph setting, not a weight shape: it may change
+        fixed = sorted(set(model_over) - {"max_neighbors"})
+        if fixed:
             raise ValueError("fine-tuning keeps the checkpoint's architecture: drop "
-                             f"{sorted(model_over)}")
+                             f"{fixed} (only --max-neighbors may change)")
         base = get_model(cfg.init_from, "cpu")
-        model = DefiNet(DefiNetConfig.from_dict(base.config.to_dict()))
+        model = DefiNet(DefiNetConfig.from_dict({**base.config.to_dict(), **model_over}))
         model.load_state_dict(base.state_dict())
         # record the architecture actually trained (the config file's `model` is unused)
         cfg.model = {k: v for k, v in base.config.to_dict().items() if k != "elements"}
