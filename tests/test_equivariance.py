@@ -43,6 +43,52 @@ def test_rotation_equivariance(host, spec, dtype):
         assert np.abs(out - ref @ R.T).max() < TOL[dtype]
 
 
+def axial_model(**kw):
+    """A tiny model with the axial global channel switched on and live (its output map
+    starts at zero in a fresh model, which would make the checks below vacuous)."""
+    model = tiny_model(axial_global=True, **kw)
+    with torch.no_grad():
+        for layer in model.layers:
+            if hasattr(layer, "ax_out"):
+                layer.ax_out.weight.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.mark.parametrize("axial", [False, True])
+def test_reflection_equivariance(host, spec, axial):
+    """Mirror images relax to mirror images (O(3), not only SO(3)); the cell's handedness
+    is restored by swapping two lattice vectors, which changes no lattice point."""
+    model = axial_model() if axial else tiny_model()
+    at = rattled(host)
+    ref = relaxed(model, at, spec)
+    for seed in range(2):
+        M = Rotation.random(random_state=seed).as_matrix() @ np.diag([1.0, 1.0, -1.0])
+        mir = at.copy()
+        cell = at.cell[:] @ M.T
+        mir.set_cell(cell[[1, 0, 2]], scale_atoms=False)
+        mir.positions = at.positions @ M.T
+        out = relaxed(model, mir, spec)
+        assert np.abs(out - ref @ M.T).max() < 1e-4
+
+
+def test_axial_global_channel(host, spec):
+    """Rotation-equivariant, live (it changes the prediction), and inert at initialisation
+    so that switching it on for a trained checkpoint starts from that checkpoint."""
+    at = rattled(host)
+    live = axial_model()
+    ref = relaxed(live, at, spec)
+    R = Rotation.random(random_state=5).as_matrix()
+    rot = at.copy()
+    rot.set_cell(at.cell[:] @ R.T, scale_atoms=False)
+    rot.positions = at.positions @ R.T
+    assert np.abs(relaxed(live, rot, spec) - ref @ R.T).max() < 1e-4
+    plain, fresh = tiny_model(), tiny_model(axial_global=True)
+    fresh.load_state_dict(plain.state_dict(), strict=False)
+    assert np.abs(relaxed(fresh, at, spec) - relaxed(plain, at, spec)).max() < 1e-6
+    live.load_state_dict(plain.state_dict(), strict=False)
+    assert np.abs(relaxed(live, at, spec) - relaxed(plain, at, spec)).max() > 1e-4
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_translation_equivariance(host, spec, dtype):
     model = tiny_model(dtype=dtype)

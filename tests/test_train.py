@@ -173,7 +173,10 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
     assert m12.max_neighbors == 12 and m12.config.hidden == 16  # graph setting changed
     capsys.readouterr()
     assert cli(ft + ["--out", str(tmp_path / "h32"), "--hidden", "32"]) == 2
-    assert "only --max-neighbors may change" in capsys.readouterr().err
+    assert "only --max-neighbors and --axial-global may change" in capsys.readouterr().err
+    assert cli(ft + ["--out", str(tmp_path / "ax"), "--axial-global"]) == 0
+    max_, _ = load_checkpoint(tmp_path / "ax" / "best.safetensors")
+    assert max_.config.axial_global and float(max_.layers[0].ax_out.weight.detach().abs().sum()) > 0
 
 
 @pytest.mark.slow

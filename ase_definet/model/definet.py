@@ -36,6 +36,14 @@ class DefiNetConfig:
         displacement_init: scale of the initial weights of the two displacement heads
             (RPV2Disp's last layer and W_Vec). Relaxation displacements are small
             (~0.01-0.5 Å), so an untrained model should start close to the identity.
+        axial_global: an extension beyond the paper (off by default): the global node
+            also carries *axial* vectors, the mean of channel-wise cross products of node
+            vectors, and hands them back as cross products with node vectors. Polar
+            vectors alone cannot express a displacement that is odd under a mirror of
+            the structure, such as the two halves of an InSe layer sliding against each
+            other in opposite directions; axial x polar can, and the network stays
+            equivariant under rotations *and* reflections. Its output map starts at
+            zero, so switching it on for a trained checkpoint changes nothing at first.
     """
 
     hidden: int = 512
@@ -47,6 +55,7 @@ class DefiNetConfig:
     tau: float = 0.05
     edge_chunk: int = 8192
     displacement_init: float = 0.01
+    axial_global: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,10 +89,12 @@ class DefiNetLayer(nn.Module):
     (LayerNorm for scalars, an RMS norm for vectors); both are rotation-invariant /
     -equivariant."""
 
-    def __init__(self, hidden: int, n_rbf: int, tau: float, aggregate: bool = True):
+    def __init__(self, hidden: int, n_rbf: int, tau: float, aggregate: bool = True,
+                 axial: bool = False):
         super().__init__()
         F = hidden
         self.aggregate = aggregate  # the last layer's global node would never be read
+        self.axial = axial
         self.dist_phi = MLP(2 * F, F, F)
         self.dist_W = nn.Linear(F, F, bias=False)
         self.dist_act = ConsensusActivation(F, tau)
@@ -112,18 +123,30 @@ class DefiNetLayer(nn.Module):
             self.agg_phi = MLP(2 * F, F, F)
             self.agg_W = nn.Linear(F, F, bias=False)
             self.agg_act = ConsensusActivation(F, tau)
+        if axial:  # distribution of the axial global vectors (read from layer 2 on)
+            self.ax_norm_in = VectorLayerNorm(F)
+            self.ax_c = nn.Linear(F, F, bias=False)
+        if axial and aggregate:  # aggregation into them; the output map starts at zero
+            self.ax_norm_out = VectorLayerNorm(F)
+            self.ax_a = nn.Linear(F, F, bias=False)
+            self.ax_b = nn.Linear(F, F, bias=False)
+            self.ax_out = nn.Linear(F, F, bias=False)
+            nn.init.zeros_(self.ax_out.weight)
 
     def forward(self, x: torch.Tensor, vec: torch.Tensor, pos: torch.Tensor, xg: torch.Tensor,
                 vg: torch.Tensor, pair_emb: torch.Tensor, g: GraphBatch, rbf: GaussianRBF,
-                chunk: int) -> tuple[torch.Tensor, ...]:
+                chunk: int, axg: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Args: x (n, F); vec (n, 3, F); pos (n, 3) Å; xg (B, F); vg (B, 3, F);
-        pair_emb (3, 3, F) marker-pair embeddings E(m_i) + E(m_j). Returns the same."""
+        pair_emb (3, 3, F) marker-pair embeddings E(m_i) + E(m_j); axg (B, 3, F) axial
+        global vectors (``axial_global`` only). Returns x, vec, pos, xg, vg, axg."""
         n, F = x.shape
         src, dst = g.edge_index
         b = g.batch
         # --- message distribution from the global node (8, 9)
         x = self.dist_phi(torch.cat([x, xg[b]], dim=1)) + x
         vec = self.dist_act(self.dist_W(vec + vg[b]) + vec)
+        if self.axial and axg is not None:  # polar x axial = polar
+            vec = vec + torch.linalg.cross(self.ax_c(self.ax_norm_in(vec)), axg[b], dim=1)
         xn, vn = self.norm_x(x), self.norm_vec(vec)
 
         # --- edge geometry at r^(t), shared by message passing and coordinate updating
@@ -174,10 +197,14 @@ class DefiNetLayer(nn.Module):
 
         # --- message aggregation into the global node (10, 11)
         if not self.aggregate:
-            return x_new, vec_new, pos, xg, vg
+            return x_new, vec_new, pos, xg, vg, axg
         xg = self.agg_phi(torch.cat([scatter_mean(x_new, b, g.num_graphs), xg], dim=1)) + xg
         vg = self.agg_act(self.agg_W(scatter_mean(vec_new, b, g.num_graphs) + vg) + vg)
-        return x_new, vec_new, pos, xg, vg
+        if self.axial and axg is not None:  # polar x polar = axial
+            vn2 = self.ax_norm_out(vec_new)
+            cross = torch.linalg.cross(self.ax_a(vn2), self.ax_b(vn2), dim=1)
+            axg = axg + self.ax_out(scatter_mean(cross, b, g.num_graphs))
+        return x_new, vec_new, pos, xg, vg, axg
 
 
 class DefiNet(nn.Module):
@@ -207,7 +234,8 @@ class DefiNet(nn.Module):
         self.global_scalar = nn.Parameter(torch.randn(F) / F**0.5)
         self.rbf = GaussianRBF(cfg.n_rbf, cfg.cutoff)
         self.layers = nn.ModuleList(DefiNetLayer(F, cfg.n_rbf, cfg.tau,
-                                                 aggregate=t < cfg.layers - 1)
+                                                 aggregate=t < cfg.layers - 1,
+                                                 axial=cfg.axial_global)
                                     for t in range(cfg.layers))
         with torch.no_grad():
             for layer in self.layers:
@@ -254,12 +282,14 @@ class DefiNet(nn.Module):
         vec = x.new_zeros(n, 3, F)
         xg = self.global_scalar.to(x.dtype).expand(g.num_graphs, F)
         vg = x.new_zeros(g.num_graphs, 3, F)
+        axg = x.new_zeros(g.num_graphs, 3, F) if self.config.axial_global else None
         e = self.marker_embedding.weight
         pair_emb = e[:, None, :] + e[None, :, :]  # (3, 3, F): E(m_i) + E(m_j)
         out = [pos]
         chunk = max(int(self.config.edge_chunk), 1)
         for layer in self.layers:
-            x, vec, pos, xg, vg = layer(x, vec, pos, xg, vg, pair_emb, g, self.rbf, chunk)
+            x, vec, pos, xg, vg, axg = layer(x, vec, pos, xg, vg, pair_emb, g, self.rbf,
+                                             chunk, axg)
             out.append(pos)
         return out
 

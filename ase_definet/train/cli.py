@@ -53,6 +53,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for name in ("hidden", "layers", "max-neighbors", "n-rbf"):
         p.add_argument(f"--{name}", type=int, help="model hyperparameter")
     p.add_argument("--cutoff", type=float, help="model graph cutoff, Å")
+    p.add_argument("--axial-global", action="store_true", default=None,
+                   help="add the axial global channel (an extension beyond the paper, see "
+                   "DefiNetConfig); fine-tuning may switch it on for a checkpoint without it")
 
 
 def add_commands(sub) -> None:
@@ -126,18 +129,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["init_from"] = init_from
     cfg = TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)
     model_over = {k: getattr(args, k) for k in ("hidden", "layers", "max_neighbors", "n_rbf",
-                                                "cutoff") if getattr(args, k) is not None}
+                                                "cutoff", "axial_global")
+                  if getattr(args, k) is not None}
     cfg.model = {**cfg.model, **model_over}
     model = None
     if cfg.init_from:
-        # the neighbour cap is a graph setting, not a weight shape: it may change
-        fixed = sorted(set(model_over) - {"max_neighbors"})
+        # the neighbour cap is a graph setting, not a weight shape: it may change; the
+        # axial channel may be added (it starts inert, so training starts from the base)
+        fixed = sorted(set(model_over) - {"max_neighbors", "axial_global"})
         if fixed:
             raise ValueError("fine-tuning keeps the checkpoint's architecture: drop "
-                             f"{fixed} (only --max-neighbors may change)")
+                             f"{fixed} (only --max-neighbors and --axial-global may change)")
         base = get_model(cfg.init_from, "cpu")
         model = DefiNet(DefiNetConfig.from_dict({**base.config.to_dict(), **model_over}))
-        model.load_state_dict(base.state_dict())
+        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        if unexpected or any(".ax_" not in k for k in missing):
+            raise ValueError(f"{cfg.init_from} does not match its own configuration: "
+                             f"missing {missing}, unexpected {unexpected}")
         # record the architecture actually trained (the config file's `model` is unused)
         cfg.model = {k: v for k, v in base.config.to_dict().items() if k != "elements"}
         cutoff, max_nb = model.cutoff, model.max_neighbors
