@@ -7,6 +7,7 @@ import csv
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ase_definet import save_checkpoint
@@ -130,3 +131,18 @@ def test_teacher_cost_table(capsys):
     assert rows[0]["atoms"] <= 32 and rows[0]["emt"] > 0 and rows[0]["fire_step"] > 0
     out = capsys.readouterr().out
     assert "CuTest" in out and "1.00x" in out and "FIRE s/step" in out
+
+
+def test_error_breakdown_bins_and_worst_share(tmp_path, ckpt, capsys):
+    mod = load(ROOT / "benchmarks" / "error_breakdown.py")
+    err = np.array([0.0, 0.01, 0.01, 0.3])
+    dummy = np.array([0.01, 0.03, 0.03, 1.0])
+    rows = mod.breakdown(err, dummy)
+    assert [r["lo"] for r in rows] == [0.0, 0.02, 0.8]  # empty bins are left out
+    assert sum(r["atoms"] for r in rows) == pytest.approx(1.0)
+    assert rows[-1]["error_share"] == pytest.approx(0.3 / 0.32)
+    assert mod.worst_share(err, 0.25) == pytest.approx(0.3 / 0.32)
+    out = mod.main(["--model", ckpt, "--data", str(ROOT / "data" / "MoS2_low_000.db"),
+                    "--split", "test"])
+    assert 0 < out["worst"][0.01] <= out["worst"][0.05] <= 1
+    assert "worst 1 % of atoms" in capsys.readouterr().out

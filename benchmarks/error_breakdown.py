@@ -1,0 +1,81 @@
+"""Where is the error? A model's per-atom errors binned by how far the teacher moved
+each atom, and how much of the total error its worst atoms carry.
+
+    python benchmarks/error_breakdown.py [--model default] [--data data] [--split val]
+
+Printed per bin of the teacher's displacement |d| (Å): the share of atoms, the share of
+the model's total error and of the Dummy's, and MAE / Dummy within the bin; then the
+share of the total error carried by the worst 1 % and 5 % of atoms. If a few atoms that
+move far carry most of the error, more capacity for large, rare moves matters more than
+precision in the far field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+
+from ase_definet import get_model
+from ase_definet.train.dataset import PairDataset, load_pairs
+from ase_definet.train.evaluate import evaluate_model
+
+EDGES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, np.inf)
+
+
+def breakdown(err: np.ndarray, dummy: np.ndarray, edges=EDGES) -> list[dict]:
+    """Rows per displacement bin from per-atom errors and Dummy errors (|d|), Å."""
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        s = (dummy >= lo) & (dummy < hi)
+        if not s.any():
+            continue
+        rows.append({"lo": lo, "hi": hi, "atoms": float(s.mean()),
+                     "error_share": float(err[s].sum() / err.sum()),
+                     "dummy_share": float(dummy[s].sum() / dummy.sum()),
+                     "ratio": float(err[s].mean() / dummy[s].mean())})
+    return rows
+
+
+def worst_share(err: np.ndarray, fraction: float) -> float:
+    """Share of the summed error carried by the worst ``fraction`` of atoms."""
+    k = max(int(len(err) * fraction), 1)
+    return float(np.sort(err)[::-1][:k].sum() / err.sum())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="weights name or checkpoint")
+    p.add_argument("--data", nargs="+", default=["data"], help="ase.db files or folders")
+    p.add_argument("--split", default="val")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = get_model(args.model)
+    pairs = [q for q in load_pairs(args.data) if q.info.get("split") == args.split]
+    dataset = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors)
+    _, arrays = evaluate_model(model, dataset, collect=True)
+    err = np.linalg.norm(arrays["pred"] - arrays["true"], axis=1)
+    dummy = np.linalg.norm(arrays["true"], axis=1)
+    rows = breakdown(err, dummy)
+    print(f"model {args.model}; {len(pairs)} {args.split} pairs, {len(err)} atoms; "
+          f"MAE {err.mean():.4f} Å, Dummy {dummy.mean():.4f} Å ({err.mean() / dummy.mean():.3f}x)")
+    print(f"{'teacher |d| Å':<14}{'atoms':>7}{'error':>8}{'dummy':>8}{'MAE/Dummy':>11}")
+    for r in rows:
+        hi = "inf" if np.isinf(r["hi"]) else f"{r['hi']:.2f}"
+        print(f"{r['lo']:.2f}-{hi:<9}{r['atoms']:>7.1%}{r['error_share']:>8.1%}"
+              f"{r['dummy_share']:>8.1%}{r['ratio']:>11.3f}")
+    worst = {f: worst_share(err, f) for f in (0.01, 0.05)}
+    print(f"worst 1 % of atoms carry {worst[0.01]:.1%} of the error, worst 5 % "
+          f"{worst[0.05]:.1%}")
+    return {"rows": rows, "worst": worst}
+
+
+if __name__ == "__main__":
+    main()
