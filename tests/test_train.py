@@ -177,6 +177,9 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
     assert cli(ft + ["--out", str(tmp_path / "ax"), "--axial-global"]) == 0
     max_, _ = load_checkpoint(tmp_path / "ax" / "best.safetensors")
     assert max_.config.axial_global and float(max_.layers[0].ax_out.weight.detach().abs().sum()) > 0
+    assert json.loads((tmp_path / "ax" / "config.json").read_text())["model"]["axial_global"]
+    assert "axial global channel (an extension beyond the paper): yes" in (
+        tmp_path / "ax" / "best.md").read_text()
 
 
 @pytest.mark.slow

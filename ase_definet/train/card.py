@@ -50,6 +50,8 @@ def write_model_card(checkpoint: Path, test_set: PairDataset | None = None,
               f"- width F = {cfg.hidden}, layers T = {cfg.layers}, radial basis {cfg.n_rbf}",
               f"- cutoff D = {cfg.cutoff} Å, neighbour cap N = {cfg.max_neighbors}",
               f"- consensus activation temperature tau = {cfg.tau}",
+              "- axial global channel (an extension beyond the paper): "
+              + ("yes" if cfg.axial_global else "no"),
               f"- elements: {', '.join(chemical_symbols[z] for z in cfg.elements)}",
               "", "## Training settings", "", "```json",
               json.dumps(meta.get("training", {}), indent=2), "```", "",

@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{cfg.init_from} does not match its own configuration: "
                              f"missing {missing}, unexpected {unexpected}")
         # record the architecture actually trained (the config file's `model` is unused)
-        cfg.model = {k: v for k, v in base.config.to_dict().items() if k != "elements"}
+        cfg.model = {k: v for k, v in model.config.to_dict().items() if k != "elements"}
         cutoff, max_nb = model.cutoff, model.max_neighbors
     else:
         probe = DefiNetConfig(**cfg.model)
