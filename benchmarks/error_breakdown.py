@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
     err = np.linalg.norm(arrays["pred"] - arrays["true"], axis=1)
     dummy = np.linalg.norm(arrays["true"], axis=1)
     rows = breakdown(err, dummy)
+    ratio = err.mean() / dummy.mean()
     print(f"model {args.model}; {len(pairs)} {args.split} pairs, {len(err)} atoms; "
-          f"MAE {err.mean():.4f} Å, Dummy {dummy.mean():.4f} Å ({err.mean() / dummy.mean():.3f}x)")
+          f"MAE {err.mean():.4f} Å, Dummy {dummy.mean():.4f} Å ({ratio:.3f}x)")
     print(f"{'teacher |d| Å':<14}{'atoms':>7}{'error':>8}{'dummy':>8}{'MAE/Dummy':>11}")
     for r in rows:
         hi = "inf" if np.isinf(r["hi"]) else f"{r['hi']:.2f}"
