@@ -16,6 +16,7 @@ import argparse
 import logging
 
 import numpy as np
+import torch
 
 from ase_definet import get_model
 from ase_definet.train.dataset import PairDataset, load_pairs
@@ -47,16 +48,13 @@ def worst_share(err: np.ndarray, fraction: float) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", default="val", help="which split of the pairs to analyse")
     p.add_argument("--model", default="default", help="weights name or checkpoint")
     p.add_argument("--data", nargs="+", default=["data"], help="ase.db files or folders")
-    p.add_argument("--split", default="val")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     model = get_model(args.model)
     pairs = [q for q in load_pairs(args.data) if q.info.get("split") == args.split]
     dataset = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors)
