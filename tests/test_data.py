@@ -245,7 +245,7 @@ def test_chgnet_teacher_forces_match_the_stock_calculator():
     pytest.importorskip("chgnet")
     from chgnet.model.dynamics import CHGNetCalculator
 
-    from ase_definet.data.teacher import _chgnet_model, chgnet_calculator
+    from ase_definet.data.teacher import _chgnet_model, chgnet_calculator, get_teacher
 
     atoms = get_host("MoS2").pristine()
     del atoms[[3, 50]]
@@ -256,3 +256,6 @@ def test_chgnet_teacher_forces_match_the_stock_calculator():
     stock.calc = CHGNetCalculator(model=_chgnet_model(), use_device="cpu")
     assert ours.get_potential_energy() == pytest.approx(stock.get_potential_energy(), abs=1e-5)
     np.testing.assert_allclose(ours.get_forces(), stock.get_forces(), atol=2e-4)
+    named = atoms.copy()  # the "chgnet-stock" teacher (summary --verify) is that calculator
+    named.calc = get_teacher("chgnet-stock")
+    assert named.get_potential_energy() == stock.get_potential_energy()

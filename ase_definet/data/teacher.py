@@ -29,8 +29,7 @@ def first_derivatives_only() -> Iterator[None]:
     skipping stress and magnetic moments (``stress=False`` below), the labelling teacher
     is 1.6-2.0x faster per call than CHGNet's stock calculator on the six 2DMD hosts
     (``python benchmarks/teacher_cost.py``, ``benchmarks/results/teacher_cost.txt``).
-    Not thread-safe: it patches
-    ``torch.autograd.grad`` for the duration of the block.
+    Not thread-safe: it patches ``torch.autograd.grad`` for the duration of the block.
     """
     import torch
 
@@ -89,10 +88,14 @@ def _emt(device: str = "cpu") -> Calculator:
     return EMT()
 
 
-def _stock_chgnet(device: str = "cpu") -> Calculator:
-    from .verify import stock_chgnet
+def stock_chgnet_calculator(device: str = "cpu") -> Calculator:
+    """CHGNet's own ASE calculator as a CHGNet user builds it: no patch, energy, forces,
+    stress and magnetic moments (the reference for checks and timings)."""
+    model = _chgnet_model()  # raises the install hint if chgnet is missing
+    from chgnet.model.dynamics import CHGNetCalculator
 
-    return stock_chgnet(device)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return CHGNetCalculator(model=model.to(device), use_device=device)
 
 
 #: name -> factory(device) of an ASE calculator. "chgnet" labels the data;
@@ -100,7 +103,7 @@ def _stock_chgnet(device: str = "cpu") -> Calculator:
 #: magnetic moments), for checks and timings. EMT (metals only) is for tests and demos.
 TEACHERS: dict[str, Callable[..., Calculator]] = {
     "chgnet": lambda device="cpu": chgnet_calculator(device=device),
-    "chgnet-stock": _stock_chgnet,
+    "chgnet-stock": stock_chgnet_calculator,
     "emt": _emt,
 }
 

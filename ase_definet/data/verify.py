@@ -2,9 +2,9 @@
 
 A converged pair's relaxed structure is a minimum of its teacher, so the teacher's
 largest atomic force there must be close to the relaxation criterion (0.01 eV/Å).
-Drawing pairs at random and recomputing with an *independent* calculator instance (for
-CHGNet, its own stock ASE calculator, not the labelling one) checks that positions,
-species and cell were stored as relaxed::
+Drawing pairs at random and recomputing with another calculator (for CHGNet, its own
+stock ASE calculator, teacher ``chgnet-stock``, not the patched labelling one) checks
+that positions, species and cell were stored as relaxed::
 
     definet summary data --verify 24            # 24 random converged pairs, CHGNet
 """
@@ -33,20 +33,6 @@ class ForceCheck:
     density: str
     n_atoms: int
     max_force: float
-
-
-def stock_chgnet(device: str = "cpu") -> Calculator:
-    """CHGNet's own ASE calculator, as a user of CHGNet would build it (no patches)."""
-    import contextlib
-    import io
-
-    try:
-        from chgnet.model.dynamics import CHGNetCalculator
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("verifying CHGNet labels needs the optional dependency 'chgnet': "
-                          "pip install 'ase_definet[teacher]'") from err
-    with contextlib.redirect_stdout(io.StringIO()):
-        return CHGNetCalculator(use_device=device)
 
 
 def draw_pairs(paths: list[Path], n: int, seed: int = 0) -> list[tuple[Path, int]]:

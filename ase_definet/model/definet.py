@@ -123,7 +123,9 @@ class DefiNetLayer(nn.Module):
             self.agg_phi = MLP(2 * F, F, F)
             self.agg_W = nn.Linear(F, F, bias=False)
             self.agg_act = ConsensusActivation(F, tau)
-        if axial:  # distribution of the axial global vectors (read from layer 2 on)
+        # distribution of the axial global vectors; the first layer receives zeros, but
+        # keeps these parameters so that every parameter takes part in every step (DDP)
+        if axial:
             self.ax_norm_in = VectorLayerNorm(F)
             self.ax_c = nn.Linear(F, F, bias=False)
         if axial and aggregate:  # aggregation into them; the output map starts at zero
@@ -145,7 +147,7 @@ class DefiNetLayer(nn.Module):
         # --- message distribution from the global node (8, 9)
         x = self.dist_phi(torch.cat([x, xg[b]], dim=1)) + x
         vec = self.dist_act(self.dist_W(vec + vg[b]) + vec)
-        if self.axial and axg is not None:  # polar x axial = polar
+        if self.axial:  # polar x axial = polar
             vec = vec + torch.linalg.cross(self.ax_c(self.ax_norm_in(vec)), axg[b], dim=1)
         xn, vn = self.norm_x(x), self.norm_vec(vec)
 
@@ -200,7 +202,7 @@ class DefiNetLayer(nn.Module):
             return x_new, vec_new, pos, xg, vg, axg
         xg = self.agg_phi(torch.cat([scatter_mean(x_new, b, g.num_graphs), xg], dim=1)) + xg
         vg = self.agg_act(self.agg_W(scatter_mean(vec_new, b, g.num_graphs) + vg) + vg)
-        if self.axial and axg is not None:  # polar x polar = axial
+        if self.axial:  # polar x polar = axial
             vn2 = self.ax_norm_out(vec_new)
             cross = torch.linalg.cross(self.ax_a(vn2), self.ax_b(vn2), dim=1)
             axg = axg + self.ax_out(scatter_mean(cross, b, g.num_graphs))
