@@ -172,8 +172,15 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
     m12, _ = load_checkpoint(tmp_path / "n12" / "best.safetensors")
     assert m12.max_neighbors == 12 and m12.config.hidden == 16  # graph setting changed
     capsys.readouterr()
-    assert cli(ft + ["--out", str(tmp_path / "h32"), "--hidden", "32"]) == 2
-    assert "only --max-neighbors and --axial-global may change" in capsys.readouterr().err
+    assert cli(ft + ["--out", str(tmp_path / "l5"), "--layers", "5"]) == 2
+    assert "only --max-neighbors, --axial-global and --hidden may change" in (
+        capsys.readouterr().err)
+    assert cli(ft + ["--out", str(tmp_path / "h24"), "--hidden", "24"]) == 2
+    assert "must be a multiple of the checkpoint's width 16" in capsys.readouterr().err
+    assert cli(ft + ["--out", str(tmp_path / "h32"), "--hidden", "32"]) == 0  # widened
+    m32, _ = load_checkpoint(tmp_path / "h32" / "best.safetensors")
+    assert m32.config.hidden == 32
+    assert json.loads((tmp_path / "h32" / "config.json").read_text())["model"]["hidden"] == 32
     assert cli(ft + ["--out", str(tmp_path / "ax"), "--axial-global"]) == 0
     max_, _ = load_checkpoint(tmp_path / "ax" / "best.safetensors")
     assert max_.config.axial_global and float(max_.layers[0].ax_out.weight.detach().abs().sum()) > 0

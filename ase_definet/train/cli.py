@@ -136,11 +136,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.init_from:
         # the neighbour cap is a graph setting, not a weight shape: it may change; the
         # axial channel may be added (it starts inert, so training starts from the base)
-        fixed = sorted(set(model_over) - {"max_neighbors", "axial_global"})
+        # --hidden may grow by an integer factor (function-preserving widening)
+        fixed = sorted(set(model_over) - {"max_neighbors", "axial_global", "hidden"})
         if fixed:
             raise ValueError("fine-tuning keeps the checkpoint's architecture: drop "
-                             f"{fixed} (only --max-neighbors and --axial-global may change)")
+                             f"{fixed} (only --max-neighbors, --axial-global and --hidden "
+                             "may change)")
         base = get_model(cfg.init_from, "cpu")
+        hidden, width = model_over.pop("hidden", base.config.hidden), base.config.hidden
+        if hidden != width:
+            from ..model.widen import widen_model
+
+            if hidden % width or hidden < width:
+                raise ValueError(f"--hidden {hidden} must be a multiple of the checkpoint's "
+                                 f"width {width} (fine-tuning can only widen)")
+            base = widen_model(base, hidden // width, seed=cfg.seed)
+            logger.info("widened %s from F=%d to F=%d (same output)", cfg.init_from, width,
+                        hidden)
         model = DefiNet(DefiNetConfig.from_dict({**base.config.to_dict(), **model_over}))
         missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
         if unexpected or any(".ax_" not in k for k in missing):
