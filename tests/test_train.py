@@ -181,6 +181,7 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
     m32, _ = load_checkpoint(tmp_path / "h32" / "best.safetensors")
     assert m32.config.hidden == 32
     assert json.loads((tmp_path / "h32" / "config.json").read_text())["model"]["hidden"] == 32
+    assert "widened from F=16 to F=32" in (tmp_path / "h32" / "best.md").read_text()
     assert cli(ft + ["--out", str(tmp_path / "ax"), "--axial-global"]) == 0
     max_, _ = load_checkpoint(tmp_path / "ax" / "best.safetensors")
     assert max_.config.axial_global and float(max_.layers[0].ax_out.weight.detach().abs().sum()) > 0

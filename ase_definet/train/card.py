@@ -46,6 +46,10 @@ def write_model_card(checkpoint: Path, test_set: PairDataset | None = None,
         lines.append(f"- files: {', '.join(data['files'])}")
     if meta.get("finetuned_from"):
         lines.append(f"- fine-tuned from: `{meta['finetuned_from']}`")
+    if meta.get("widened"):
+        w = meta["widened"]
+        lines.append(f"- widened from F={w['from_hidden']} to F={w['to_hidden']} before "
+                     "training (function-preserving)")
     lines += ["", "## Architecture and graph", "",
               f"- width F = {cfg.hidden}, layers T = {cfg.layers}, radial basis {cfg.n_rbf}",
               f"- cutoff D = {cfg.cutoff} Å, neighbour cap N = {cfg.max_neighbors}",

@@ -50,7 +50,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="validation share when the pairs carry no split")
     p.add_argument("--description", help="what the training data is (for the model card)")
-    for name in ("hidden", "layers", "max-neighbors", "n-rbf"):
+    p.add_argument("--hidden", type=int,
+                   help="model hyperparameter (feature width F); fine-tuning may grow it "
+                        "by an integer factor, which keeps the checkpoint's output")
+    for name in ("layers", "max-neighbors", "n-rbf"):
         p.add_argument(f"--{name}", type=int, help="model hyperparameter")
     p.add_argument("--cutoff", type=float, help="model graph cutoff, Å")
     p.add_argument("--axial-global", action="store_true", default=None,
@@ -132,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                 "cutoff", "axial_global")
                   if getattr(args, k) is not None}
     cfg.model = {**cfg.model, **model_over}
-    model = None
+    model, widened = None, None
     if cfg.init_from:
         # the neighbour cap is a graph setting, not a weight shape: it may change; the
         # axial channel may be added (it starts inert, so training starts from the base)
@@ -151,6 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise ValueError(f"--hidden {hidden} must be a multiple of the checkpoint's "
                                  f"width {width} (fine-tuning can only widen)")
             base = widen_model(base, hidden // width, seed=cfg.seed)
+            widened = {"from_hidden": width, "to_hidden": hidden}
             logger.info("widened %s from F=%d to F=%d (same output)", cfg.init_from, width,
                         hidden)
         model = DefiNet(DefiNetConfig.from_dict({**base.config.to_dict(), **model_over}))
@@ -181,6 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                          for s in train.samples})}}
     if cfg.init_from:
         meta["finetuned_from"] = str(cfg.init_from)
+    if widened:
+        meta["widened"] = widened
     trainer = Trainer(cfg, train, val, model=model, metadata=meta)
     trainer.try_resume()
     result = trainer.fit()
