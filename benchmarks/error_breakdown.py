@@ -5,7 +5,8 @@ each atom, and how much of the total error its worst atoms carry.
 
 Printed per bin of the teacher's displacement |d| (Å): the share of atoms, the share of
 the model's total error and of the Dummy's, and MAE / Dummy within the bin; then the
-share of the total error carried by the worst 1 % and 5 % of atoms. If a few atoms that
+share of the total error carried by the worst 1 % and 5 % of atoms; then MAE / Dummy per
+defect concentration of the pairs. If a few atoms that
 move far carry most of the error, more capacity for large, rare moves matters more than
 precision in the far field.
 """
@@ -73,7 +74,28 @@ def main(argv: list[str] | None = None) -> dict:
     worst = {f: worst_share(err, f) for f in (0.01, 0.05)}
     print(f"worst 1 % of atoms carry {worst[0.01]:.1%} of the error, worst 5 % "
           f"{worst[0.05]:.1%}")
-    return {"rows": rows, "worst": worst}
+    pair = np.repeat(np.arange(len(dataset)), [int(s.mask.sum()) for s in dataset.samples])
+    by_conc = by_concentration(err, dummy, [s.info for s in dataset.samples], pair)
+    print(f"{'concentration':<14}{'pairs':>7}{'MAE/Dummy':>11}")
+    for conc, (n, ratio) in by_conc.items():
+        print(f"{conc:<14}{n:>7}{ratio:>11.3f}")
+    return {"rows": rows, "worst": worst, "by_concentration": by_conc}
+
+
+def by_concentration(err: np.ndarray, dummy: np.ndarray, infos: list[dict],
+                     pair: np.ndarray) -> dict[str, tuple[int, float]]:
+    """MAE / Dummy per defect concentration of the pairs ('low' for low density).
+
+    ``err``, ``dummy``: per-atom errors (n_atoms,) Å; ``pair``: the pair index of each
+    atom (n_atoms,); ``infos``: the pairs' metadata. Returns {label: (pairs, ratio)}."""
+    labels = ["low" if i.get("density") == "low" else f"{float(i.get('concentration', 0)):.3f}"
+              for i in infos]
+    out = {}
+    for label in sorted(set(labels)):
+        idx = [k for k, x in enumerate(labels) if x == label]
+        sel = np.isin(pair, idx)
+        out[label] = (len(idx), float(err[sel].sum() / dummy[sel].sum()))
+    return out
 
 
 if __name__ == "__main__":

@@ -142,7 +142,12 @@ def test_error_breakdown_bins_and_worst_share(tmp_path, ckpt, capsys):
     assert sum(r["atoms"] for r in rows) == pytest.approx(1.0)
     assert rows[-1]["error_share"] == pytest.approx(0.3 / 0.32)
     assert mod.worst_share(err, 0.25) == pytest.approx(0.3 / 0.32)
+    infos = [{"density": "high", "concentration": 0.05}, {"density": "low"}]
+    conc = mod.by_concentration(err, dummy, infos, np.array([0, 0, 1, 1]))
+    assert conc == {"0.050": (1, pytest.approx(0.01 / 0.04)),
+                    "low": (1, pytest.approx(0.31 / 1.03))}
     out = mod.main(["--model", ckpt, "--data", str(ROOT / "data" / "MoS2_low_000.db"),
                     "--split", "test"])
     assert 0 < out["worst"][0.01] <= out["worst"][0.05] <= 1
     assert "worst 1 % of atoms" in capsys.readouterr().out
+    assert list(out["by_concentration"]) == ["low"]  # MoS2_low_000 holds low density only
