@@ -6,9 +6,8 @@ each atom, and how much of the total error its worst atoms carry.
 Printed per bin of the teacher's displacement |d| (Å): the share of atoms, the share of
 the model's total error and of the Dummy's, and MAE / Dummy within the bin; then the
 share of the total error carried by the worst 1 % and 5 % of atoms; then MAE / Dummy per
-defect concentration of the pairs. If a few atoms that
-move far carry most of the error, more capacity for large, rare moves matters more than
-precision in the far field.
+defect concentration of the pairs. If a few atoms that move far carry most of the error,
+more capacity for large, rare moves matters more than precision in the far field.
 """
 
 from __future__ import annotations
@@ -77,8 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     pair = np.repeat(np.arange(len(dataset)), [int(s.mask.sum()) for s in dataset.samples])
     by_conc = by_concentration(err, dummy, [s.info for s in dataset.samples], pair)
     print(f"{'concentration':<14}{'pairs':>7}{'MAE/Dummy':>11}")
-    for conc, (n, ratio) in by_conc.items():
-        print(f"{conc:<14}{n:>7}{ratio:>11.3f}")
+    for conc, (n, conc_ratio) in by_conc.items():
+        print(f"{conc:<14}{n:>7}{conc_ratio:>11.3f}")
     return {"rows": rows, "worst": worst, "by_concentration": by_conc}
 
 

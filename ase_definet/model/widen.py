@@ -18,8 +18,7 @@ import torch
 
 from .definet import DefiNet, DefiNetConfig
 
-# parameters whose second axis is the radial basis, not features
-_RBF_INPUT = ("msg_rbf.weight", "coord_rbf.weight")
+# embedding tables: their feature axis is copied but is not an input to split
 _EMBEDDINGS = ("element_embedding.weight", "marker_embedding.weight")
 
 
@@ -53,6 +52,8 @@ def widen_model(model: DefiNet, factor: int, seed: int = 0, spread: float = 0.5)
     gen = torch.Generator().manual_seed(seed)
     new_state = {}
     wide_state = wide.state_dict()
+    # which axes are feature axes is read off the shapes of the wide model itself: the
+    # radial basis, scalar heads and embedding rows keep their sizes and are left alone
     for name, old in model.state_dict().items():
         target = wide_state[name]
         if target.shape == old.shape:  # rbf centres, scalar heads' biases, ...
@@ -63,8 +64,6 @@ def widen_model(model: DefiNet, factor: int, seed: int = 0, spread: float = 0.5)
         for axis in range(t.dim()):
             if t.shape[axis] == target.shape[axis]:
                 continue
-            if name.endswith(_RBF_INPUT) and axis == 1:
-                raise AssertionError(f"{name}: radial-basis axis cannot be widened")
             if t.shape[axis] * r != target.shape[axis] or t.shape[axis] % F:
                 raise ValueError(f"cannot widen {name} {tuple(old.shape)} -> "
                                  f"{tuple(target.shape)}")
