@@ -206,7 +206,8 @@ def test_ddp_two_processes_with_torchrun(tmp_path):
            "--master_port=29517", "-m", "ase_definet.train", "--data",
            str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
            "--out", str(tmp_path / "ddp"), "--epochs", "2", "--batch-size", "2",
-           "--hidden", "16", "--layers", "2", "--threads", "1"]
+           "--hidden", "16", "--layers", "2", "--threads", "1",
+           "--device", "cpu"]  # gloo, also on a machine with GPUs
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = (tmp_path / "ddp" / "log.csv").read_text().splitlines()
@@ -241,3 +242,16 @@ def test_compiled_training_matches_eager(tmp_path):
     assert np.allclose(e, c, rtol=1e-2)
     ckpt, _ = load_checkpoint(tmp_path / "compiled" / "best.safetensors")
     assert not any("_orig_mod" in k for k in ckpt.state_dict())
+
+
+def test_torchrun_with_more_ranks_than_gpus_is_refused(monkeypatch):
+    """A local rank without a GPU of its own gets a clear error, not a CUDA traceback."""
+    from ase_definet.train.trainer import _dist_setup
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="only 1 visible CUDA device.*--nproc_per_node=1"):
+        _dist_setup(torch.device("cuda"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _dist_setup(torch.device("cpu")) == (0, 1, torch.device("cpu"))

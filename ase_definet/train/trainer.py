@@ -125,13 +125,27 @@ def masked_distance_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.T
     return torch.sqrt((diff * diff).sum(dim=1) + 1e-12).mean()
 
 
-def _dist_info() -> tuple[int, int]:
+def _dist_setup(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device) under ``torchrun``; (0, 1, device) alone.
+
+    The process group's backend follows the training device (NCCL for CUDA, gloo for
+    CPU), so ``--device cpu`` trains with gloo on a machine that has GPUs too.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        visible = torch.cuda.device_count()
+        if local >= visible:
+            raise ValueError(f"torchrun started local rank {local} but this node has only "
+                             f"{visible} visible CUDA device(s): use --nproc_per_node="
+                             f"{visible} (one process per GPU) or --device cpu")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), world, device
 
 
 class Trainer:
@@ -143,16 +157,13 @@ class Trainer:
             raise ValueError(f"need training and validation pairs (got {len(train)} train, "
                              f"{len(val)} val)")
         self.cfg = config
-        self.rank, self.world = _dist_info()
+        self.rank, self.world, self.device = _dist_setup(resolve_device(config.device))
         if config.threads:
             torch.set_num_threads(config.threads)
         if config.deterministic:
             # the backward of gathers accumulates in thread order otherwise; Adam turns
             # those 1e-12 differences into visible ones, breaking exact resumes
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.device = resolve_device(config.device)
-        if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.manual_seed(config.seed)
         if model is None:
             model = DefiNet(DefiNetConfig(**{**config.model,
