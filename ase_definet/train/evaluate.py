@@ -22,14 +22,16 @@ REGIONS = ["all"] + [f"A{int(r)}" for r in RADII]
 
 @torch.inference_mode()
 def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
-                   device: torch.device | str = "cpu", progress: bool = False,
+                   device: torch.device | str | None = None, progress: bool = False,
                    collect: bool = False) -> tuple[ErrorAccumulator, dict[str, np.ndarray]]:
     """Per-atom errors of ``model`` (regions ``all``, ``A3``..) and of the Dummy baseline
     (``dummy_all``, ``dummy_A3``..) over the atoms (not vacancies) of ``dataset``.
 
     With ``collect``, also returns the arrays needed for plots: true and predicted
     displacements (n, 3) Å and the distance of each atom to the nearest defect.
+    ``device`` defaults to the model's own (``get_model`` puts it on the GPU when present).
     """
+    device = device if device is not None else next(model.parameters()).device
     was = model.training
     model.eval()
     acc = ErrorAccumulator()
