@@ -255,3 +255,46 @@ def test_torchrun_with_more_ranks_than_gpus_is_refused(monkeypatch):
         _dist_setup(torch.device("cuda"))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert _dist_setup(torch.device("cpu")) == (0, 1, torch.device("cpu"))
+
+
+def test_material_weights_weigh_the_loss_by_material(tmp_path):
+    """Each site's distance counts with its pair's material weight; unnamed materials
+    count 1, and no weights leave the plain mean (the default) untouched."""
+    from ase_definet.train.dataset import collate_samples
+    from ase_definet.train.trainer import masked_distance_loss, site_weights
+
+    pairs = synthetic_pairs(4)
+    pairs[1].info["material"] = pairs[3].info["material"] = "hBN"
+    ds = PairDataset.from_pairs(pairs, 5.0, 24, progress=False)
+    batch = collate_samples(ds.samples)
+    pred = batch.graph.positions.double()  # the Dummy: per-site error = displacement
+    dist = torch.linalg.norm(pred - batch.target.double(), dim=1)
+    w = site_weights(batch, {"hBN": 3.0})
+    is_hbn = torch.tensor([i["material"] == "hBN" for i in batch.infos])[batch.graph.batch]
+    assert torch.equal(w, torch.where(is_hbn, 3.0, 1.0).to(w.dtype))
+    m = batch.mask
+    expected = (w[m] * dist[m]).sum() / w[m].sum()
+    assert torch.allclose(masked_distance_loss(pred, batch.target.double(), m, w), expected)
+    assert site_weights(batch, {}) is None
+    assert torch.allclose(masked_distance_loss(pred, batch.target.double(), m, torch.ones_like(w)),
+                          masked_distance_loss(pred, batch.target.double(), m))
+    # the weighted loss differs from the plain one: the weights reach the loss
+    assert not torch.allclose(expected, dist[m].mean())
+    train, val = datasets()
+    with pytest.raises(ValueError, match=r"material weights name \['hBN'\].*\['MoS2'\]"):
+        Trainer(cfg(tmp_path / "u", material_weights={"hBN": 2.0}), train, val)
+    with pytest.raises(ValueError, match="positive and finite"):
+        Trainer(cfg(tmp_path / "n", material_weights={"MoS2": 0.0}), train, val)
+    t = Trainer(cfg(tmp_path / "ok", epochs=1, material_weights={"MoS2": 2.0}), train, val)
+    t.fit()
+    meta = load_checkpoint(tmp_path / "ok" / "best.safetensors")[1]
+    assert meta["training"]["material_weights"] == {"MoS2": 2.0}
+
+
+def test_cli_material_weights_are_parsed_or_refused():
+    from ase_definet.train.cli import parse_weights
+
+    assert parse_weights(["hBN=3", "BP=0.5"]) == {"hBN": 3.0, "BP": 0.5}
+    for bad in (["hBN"], ["hBN=x"], ["=2"]):
+        with pytest.raises(ValueError, match="MATERIAL=WEIGHT"):
+            parse_weights(bad)

@@ -40,6 +40,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-grad", type=float)
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--early-stop", type=int)
+    p.add_argument("--material-weights", nargs="+", metavar="MATERIAL=W",
+                   help="loss weight of each named material's pairs (default 1), e.g. "
+                        "hBN=3: the loss is a mean distance in Å, so materials whose "
+                        "atoms move little count little otherwise")
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
@@ -115,6 +119,21 @@ def build_datasets(data: list[str], cutoff: float, max_neighbors: int | None, *,
     return train, val, PairDataset([])
 
 
+def parse_weights(items: list[str]) -> dict[str, float]:
+    """``["hBN=3", "BP=0.5"]`` -> ``{"hBN": 3.0, "BP": 0.5}`` (a clear error otherwise)."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not (sep and name):
+                raise ValueError
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--material-weights takes MATERIAL=WEIGHT items, got {item!r}"
+                             ) from None
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..checkpoint import get_model
     from ..model import DefiNet, DefiNetConfig
@@ -127,6 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.data:
         overrides["data"] = args.data
+    if args.material_weights:
+        overrides["material_weights"] = parse_weights(args.material_weights)
     init_from = getattr(args, "init_from", None)
     if init_from:
         overrides["init_from"] = init_from

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import save_checkpoint
 from ..device import resolve_device
 from ..model import DefiNet, DefiNetConfig
-from .dataset import PairDataset, iter_batches
+from .dataset import Batch, PairDataset, iter_batches
 from .evaluate import evaluate_model
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ class TrainConfig:
     # and max_hours still apply)
     schedule: str = "plateau"
     clip_grad: float = 10.0
+    # loss weight of each material's pairs (default 1): the loss is a mean distance in Å,
+    # so materials whose atoms move little (h-BN) count little against BP or InSe
+    material_weights: dict[str, float] = field(default_factory=dict)
     ema_decay: float = 0.999
     early_stop: int = 40  # epochs without improvement of the validation MAE
     seed: int = 0
@@ -118,11 +121,36 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
-def masked_distance_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
-                         ) -> torch.Tensor:
-    """Mean Euclidean distance (Å) between ``pred`` and ``target`` over ``mask`` rows."""
+def masked_distance_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Euclidean distance (Å) between ``pred`` and ``target`` (n, 3) over the rows
+    where ``mask`` (n,) is true; with ``weight`` (n,), the weighted mean over those rows."""
     diff = (pred - target)[mask]
-    return torch.sqrt((diff * diff).sum(dim=1) + 1e-12).mean()
+    dist = torch.sqrt((diff * diff).sum(dim=1) + 1e-12)
+    if weight is None:
+        return dist.mean()
+    w = weight[mask]
+    return (w * dist).sum() / w.sum()
+
+
+def site_weights(batch: Batch, weights: dict[str, float]) -> torch.Tensor | None:
+    """Per-site loss weights (n,) from each pair's material (``None`` without weights)."""
+    if not weights:
+        return None
+    per_graph = torch.tensor([weights.get(info.get("material"), 1.0) for info in batch.infos],
+                             dtype=batch.target.dtype, device=batch.target.device)
+    return per_graph[batch.graph.batch]
+
+
+def _check_material_weights(weights: dict[str, float], train: PairDataset) -> None:
+    materials = sorted({str(s.info.get("material")) for s in train.samples})
+    unknown = sorted(set(weights) - set(materials))
+    if unknown:
+        raise ValueError(f"material weights name {unknown}, which no training pair has "
+                         f"(materials: {materials})")
+    bad = {k: w for k, w in weights.items() if not (math.isfinite(w) and w > 0)}
+    if bad:
+        raise ValueError(f"material weights must be positive and finite, got {bad}")
 
 
 def _dist_setup(device: torch.device) -> tuple[int, int, torch.device]:
@@ -174,6 +202,7 @@ class Trainer:
             logger.info("added element(s) %s to the embedding", added)
         self.model = model.to(self.device)
         self.train_set, self.val_set = train, val
+        _check_material_weights(config.material_weights, train)
         self.metadata = dict(metadata or {})
         self.net = self.model
         if self.world > 1:
@@ -263,7 +292,8 @@ class Trainer:
                           disable=None if self.rank == 0 else True):  # None: off without a TTY
             b = batch.to(self.device)
             pred = self.net(b.graph)[-1]
-            loss = masked_distance_loss(pred, b.target, b.mask)
+            loss = masked_distance_loss(pred, b.target, b.mask,
+                                        site_weights(b, self.cfg.material_weights))
             self.opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):  # never let one bad batch poison the weights
                 self.skipped += 1
