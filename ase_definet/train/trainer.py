@@ -184,6 +184,7 @@ class Trainer:
         if len(train) == 0 or len(val) == 0:
             raise ValueError(f"need training and validation pairs (got {len(train)} train, "
                              f"{len(val)} val)")
+        _check_material_weights(config.material_weights, train)  # before any set-up
         self.cfg = config
         self.rank, self.world, self.device = _dist_setup(resolve_device(config.device))
         if config.threads:
@@ -202,7 +203,6 @@ class Trainer:
             logger.info("added element(s) %s to the embedding", added)
         self.model = model.to(self.device)
         self.train_set, self.val_set = train, val
-        _check_material_weights(config.material_weights, train)
         self.metadata = dict(metadata or {})
         self.net = self.model
         if self.world > 1:
