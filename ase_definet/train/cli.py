@@ -125,12 +125,12 @@ def parse_weights(items: list[str]) -> dict[str, float]:
     for item in items:
         name, sep, value = item.partition("=")
         try:
-            if not (sep and name):
-                raise ValueError
-            out[name] = float(value)
+            weight = float(value)
         except ValueError:
-            raise ValueError(f"--material-weights takes MATERIAL=WEIGHT items, got {item!r}"
-                             ) from None
+            weight = None
+        if not (sep and name) or weight is None:
+            raise ValueError(f"--material-weights takes MATERIAL=WEIGHT items, got {item!r}")
+        out[name] = weight
     return out
 
 
