@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.db import connect
+from ase.geometry import find_mic
 
 from ase_definet.data import generate
 from ase_definet.data.configs import (HIGH_CONCENTRATIONS, canonical_key,
@@ -15,7 +16,8 @@ from ase_definet.data.configs import (HIGH_CONCENTRATIONS, canonical_key,
 from ase_definet.data.hosts import Host, get_host, host_names, register_host
 from ase_definet.data.splits import assign_split
 from ase_definet.data.store import iter_pairs, row_to_pair
-from ase_definet.data.symmetry import site_permutations
+from ase_definet.data.symmetry import (site_permutations, symmetrize_vectors,
+                                       symmetry_operations)
 
 SIZES = {"MoS2": 192, "WSe2": 192, "hBN": 128, "GaSe": 144, "InSe": 144, "BP": 144}
 
@@ -80,6 +82,30 @@ def test_site_permutations_preserve_species():
     for row in perms:
         assert sorted(row) == list(range(27))
         assert np.array_equal(p.numbers[row], p.numbers)
+
+
+def test_symmetrize_vectors_projects_onto_the_symmetric_fields():
+    p = get_host("MoS2").pristine((3, 3, 1))
+    types = p.numbers.copy()
+    types[4] = 0  # a vacancy-like site lowers the symmetry to its point group
+    rotations, perms = symmetry_operations(p, types=types)
+    assert 1 < len(perms) < 12 * 9
+    for rot in rotations:  # Cartesian rotations are orthogonal
+        assert np.allclose(rot @ rot.T, np.eye(3), atol=1e-6)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(len(p), 3))
+    sym = symmetrize_vectors(v, rotations, perms)
+    assert not np.allclose(sym, v)
+    assert np.allclose(symmetrize_vectors(sym, rotations, perms), sym)  # a projection
+    for rot, perm in zip(rotations, perms):  # invariant under every operation
+        moved = np.empty_like(sym)
+        moved[perm] = sym @ rot.T
+        assert np.allclose(moved, sym, atol=1e-6)
+    # the field of displacements away from the special site is already symmetric
+    # (beyond half the cell width, 4.79 Å, the nearest image is a tie: left out)
+    mic, dist = find_mic(p.positions - p.positions[4], p.cell, pbc=True)
+    mic[dist > 4.7] = 0.0
+    assert np.allclose(symmetrize_vectors(mic, rotations, perms), mic, atol=1e-5)
 
 
 def test_splits_are_8_1_1_and_prefix_stable():
