@@ -15,6 +15,16 @@ mode. For each material this prints, over the chosen splits:
   teacher's (the halves shifted by +/- half the difference), and the Dummy MAE.
 
 The gap between the last two MAEs is the part of the error that is this one global mode.
+
+    python benchmarks/sliding_mode.py --scan InSe GaSe MoS2 [--teacher chgnet]
+
+With ``--scan``, no model: each pristine host (as the data generator builds it) has its
+upper half slid against its lower half by 0-0.5 Å along x and y, and the teacher gives
+the energy change, the largest force component and the net sliding force (mean in-plane
+force of the upper half minus that of the lower half). A negative energy change means the
+flat host is a saddle of the teacher along this mode: defect relaxations then slide
+spontaneously, in a direction the defects only tip. Forces below the data's 0.01 eV/Å
+criterion over a range of slides mean FIRE may stop anywhere in that range.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from ase_definet.train.dataset import PairDataset, load_pairs
 from ase_definet.train.evaluate import evaluate_model
 
 logger = logging.getLogger("sliding_mode")
+SCAN_AMPLITUDES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 def halves(z: np.ndarray, mid: float, gap: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +80,54 @@ def analyse(model, dataset: PairDataset) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def scan(host, calc, amplitudes=SCAN_AMPLITUDES, angles=(0.0, 90.0)) -> list[dict]:
+    """Slide the upper half of ``host`` against its lower half (Å, total relative shift,
+    along ``angles`` in degrees from x) and record the teacher's response: energy change
+    (meV per cell), largest force component and net sliding force (eV/Å)."""
+    z = host.positions[:, 2]
+    top, bottom = halves(z, float(z.mean()))
+    if not (top.any() and bottom.any()):
+        raise ValueError("a flat layer has no upper and lower half to slide")
+    rows, e0 = [], None
+    for amp in amplitudes:
+        for ang in angles:
+            a = host.copy()
+            a.calc = calc
+            v = amp * np.array([np.cos(np.radians(ang)), np.sin(np.radians(ang)), 0.0])
+            a.positions[top] += v / 2
+            a.positions[bottom] -= v / 2
+            e, f = a.get_potential_energy(), a.get_forces()
+            e0 = e if e0 is None else e0
+            rows.append({"slide": float(amp), "angle": float(ang), "dE_meV": 1e3 * (e - e0),
+                         "max_force": float(np.abs(f).max()),
+                         "net_force": float(np.linalg.norm(sliding(f, top, bottom)))})
+    return rows
+
+
+def main_scan(hosts: list[str], teacher: str) -> dict[str, list[dict]]:
+    """Print the sliding scan of each host (see the module docstring)."""
+    from ase_definet.data.hosts import get_host
+    from ase_definet.data.teacher import get_teacher
+
+    calc = get_teacher(teacher)
+    out = {}
+    print(f"teacher {teacher}; upper half slid against the lower half of each host")
+    print(f"{'host':<7}{'atoms':>6}{'slide Å':>9}{'dir':>5}{'dE meV/cell':>13}"
+          f"{'max |f| eV/Å':>14}{'net sliding force':>19}")
+    for name in hosts:
+        host = get_host(name).pristine()
+        try:
+            out[name] = rows = scan(host, calc)
+        except ValueError as err:
+            print(f"{name:<7}{len(host):>6}  skipped: {err}")
+            continue
+        for r in rows:
+            print(f"{name:<7}{len(host):>6}{r['slide']:>9.2f}{r['angle']:>5.0f}"
+                  f"{r['dE_meV']:>13.2f}{r['max_force']:>14.4f}{r['net_force']:>19.4f}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict] | dict[str, list[dict]]:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="weights name or checkpoint")
@@ -77,12 +135,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--splits", nargs="+", default=["val", "test"])
     p.add_argument("--density", default="high", help="'high', 'low' or 'all'")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--scan", nargs="+", default=None, metavar="HOST",
+                   help="no model: the teacher's energy along the sliding of these hosts")
+    p.add_argument("--teacher", default="chgnet", help="with --scan: the teacher")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.scan:
+        return main_scan(args.scan, args.teacher)
     model = get_model(args.model)
     pairs = [q for q in load_pairs(args.data) if q.info.get("split") in args.splits
              and args.density in ("all", q.info.get("density"))]

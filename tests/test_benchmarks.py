@@ -96,6 +96,26 @@ def test_sliding_mode_measures_a_known_shear(host, tmp_path):
     assert row["mae_exact_slide"] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_sliding_scan_of_a_stable_crystal_costs_energy():
+    from ase.build import bulk
+
+    from ase_definet.data.teacher import get_teacher
+
+    mod = load(ROOT / "benchmarks" / "sliding_mode.py")
+    host = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    rows = mod.scan(host, get_teacher("emt"), amplitudes=(0.0, 0.1, 0.2), angles=(0.0, 90.0))
+    assert [(r["slide"], r["angle"]) for r in rows] == [
+        (0.0, 0.0), (0.0, 90.0), (0.1, 0.0), (0.1, 90.0), (0.2, 0.0), (0.2, 90.0)]
+    assert rows[0]["dE_meV"] == 0.0 and rows[0]["net_force"] < 1e-6
+    assert 0 < rows[2]["dE_meV"] < rows[4]["dE_meV"]  # a minimum: sliding costs energy
+    assert 0 < rows[2]["net_force"] < rows[4]["net_force"]
+    assert rows[2]["dE_meV"] == pytest.approx(rows[3]["dE_meV"], rel=1e-6)  # cubic: x ~ y
+    from ase_definet.data.hosts import get_host
+
+    with pytest.raises(ValueError, match="flat layer"):
+        mod.scan(get_host("hBN").pristine(), get_teacher("emt"))
+
+
 def test_label_noise_relabels_stored_pairs(tmp_path, capsys):
     from ase.build import bulk
     from ase.db import connect
