@@ -12,9 +12,16 @@ mode. For each material this prints, over the chosen splits:
   and the share of pairs where it exceeds 0.05 and 0.1 Å;
 * the same quantity in the model's prediction, and the error of the predicted ``s``;
 * the model's coordinate MAE, the MAE it would have if only its ``s`` were replaced by the
-  teacher's (the halves shifted by +/- half the difference), and the Dummy MAE.
+  teacher's (the halves shifted by +/- half the difference), and the Dummy MAE;
+* the teacher's net sliding force at the unrelaxed start (eV/Å, median; from the forces
+  stored with each pair), and the median cosine between it and the teacher's sliding
+  over the pairs that slide by more than 0.1 Å: how far the start tips the direction.
 
-The gap between the last two MAEs is the part of the error that is this one global mode.
+The gap between the two MAEs is the part of the error that is this one global mode.
+
+With ``--pooled MATERIAL --density all``, also one line: MAE / Dummy pooled over every atom
+of the chosen pairs (all materials), as it is, with the teacher's sliding put into the
+pairs of MATERIAL, and with the model's own sliding taken out of them.
 
     python benchmarks/sliding_mode.py --scan InSe GaSe MoS2 [--teacher chgnet]
 
@@ -54,7 +61,10 @@ def sliding(disp: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> np.ndarray
 
 
 def analyse(model, dataset: PairDataset) -> list[dict]:
-    """One row per pair with a top and a bottom half: sliding and MAEs (Å)."""
+    """One row per pair: sliding (Å; NaN for a flat layer, which has no halves), mean
+    errors (Å) of the model, of the model with the teacher's sliding put in, and of the
+    Dummy, and the summed errors behind them (also of the model with its own sliding
+    taken out) for ratios over several pairs."""
     _, arrays = evaluate_model(model, dataset, collect=True)
     sizes = [int(s.mask.sum()) for s in dataset]
     starts = np.cumsum([0] + sizes)
@@ -64,20 +74,64 @@ def analyse(model, dataset: PairDataset) -> list[dict]:
         true, pred = arrays["true"][sl], arrays["pred"][sl]
         z = sample.graph.positions[sample.mask][:, 2]
         top, bottom = halves(z, float(sample.graph.positions[:, 2].mean()))
-        if not (top.any() and bottom.any()):
-            continue  # a flat layer (h-BN) has no halves
-        s_true, s_pred = sliding(true, top, bottom), sliding(pred, top, bottom)
-        fixed = pred.copy()
-        fixed[top, :2] += (s_true - s_pred) / 2
-        fixed[bottom, :2] -= (s_true - s_pred) / 2
-        rows.append({"material": sample.info.get("material", "?"),
+        flat = not (top.any() and bottom.any())
+        s_true = s_pred = np.full(2, np.nan)
+        fixed = none = pred
+        if not flat:
+            s_true, s_pred = sliding(true, top, bottom), sliding(pred, top, bottom)
+            fixed, none = pred.copy(), pred.copy()
+            for out, shift in ((fixed, s_true - s_pred), (none, -s_pred)):
+                out[top, :2] += shift / 2
+                out[bottom, :2] -= shift / 2
+        err = {name: np.linalg.norm(x - true, axis=1)
+               for name, x in (("mae", pred), ("mae_exact_slide", fixed),
+                               ("mae_no_slide", none), ("dummy", 0.0 * true))}
+        rows.append({"material": sample.info.get("material", "?"), "flat": flat,
                      "slide_true": float(np.linalg.norm(s_true)),
                      "slide_pred": float(np.linalg.norm(s_pred)),
                      "slide_err": float(np.linalg.norm(s_pred - s_true)),
-                     "mae": float(np.linalg.norm(pred - true, axis=1).mean()),
-                     "mae_exact_slide": float(np.linalg.norm(fixed - true, axis=1).mean()),
-                     "dummy": float(np.linalg.norm(true, axis=1).mean())})
+                     **{name: float(e.mean()) for name, e in err.items()},
+                     **{name + "_sum": float(e.sum()) for name, e in err.items()}})
     return rows
+
+
+def start_force_alignment(pairs) -> dict[str, dict[str, float]]:
+    """Per material: the median net sliding force (eV/Å) of the teacher at the unrelaxed
+    start (the stored initial forces), and the median cosine between it and the
+    teacher's final sliding over pairs that slide by more than 0.1 Å (NaN if none)."""
+    by_mat: dict[str, list[tuple[float, float, float]]] = {}
+    for pair in pairs:
+        u = pair.unrelaxed
+        if u.calc is None or "forces" not in u.calc.results:
+            continue
+        top, bottom = halves(u.positions[:, 2], float(pair.pristine.positions[:, 2].mean()))
+        if not (top.any() and bottom.any()):
+            continue
+        s = sliding(pair.relaxed_positions - u.positions, top, bottom)
+        f = sliding(u.calc.results["forces"], top, bottom)
+        cos = float(s @ f / (np.linalg.norm(s) * np.linalg.norm(f) + 1e-12))
+        by_mat.setdefault(str(pair.info.get("material", "?")), []).append(
+            (float(np.linalg.norm(s)), float(np.linalg.norm(f)), cos))
+    out = {}
+    for mat, vals in by_mat.items():
+        v = np.array(vals)
+        big = v[:, 0] > 0.1
+        out[mat] = {"force": float(np.median(v[:, 1])),
+                    "cos_big": float(np.median(v[big, 2])) if big.any() else float("nan")}
+    return out
+
+
+def pooled_ratios(rows: list[dict], material: str) -> dict[str, float]:
+    """MAE / Dummy pooled over all atoms of ``rows``: of the model as it is, with the
+    teacher's sliding put into the pairs of ``material``, and with the model's own
+    sliding taken out of them."""
+    dummy = sum(r["dummy_sum"] for r in rows)
+    out = {}
+    for name, key in (("model", "mae_sum"), ("exact_slide", "mae_exact_slide_sum"),
+                      ("no_slide", "mae_no_slide_sum")):
+        out[name] = sum(r[key] if r["material"] == material else r["mae_sum"]
+                        for r in rows) / dummy
+    return out
 
 
 def scan(host, calc, amplitudes=SCAN_AMPLITUDES, angles=(0.0, 90.0)) -> list[dict]:
@@ -135,6 +189,9 @@ def main(argv: list[str] | None = None) -> list[dict] | dict[str, list[dict]]:
     p.add_argument("--splits", nargs="+", default=["val", "test"])
     p.add_argument("--density", default="high", help="'high', 'low' or 'all'")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--pooled", default=None, metavar="MATERIAL",
+                   help="also print MAE / Dummy over all pairs with MATERIAL's sliding "
+                        "made exact, and removed (use with --density all)")
     p.add_argument("--scan", nargs="+", default=None, metavar="HOST",
                    help="no model: the teacher's energy along the sliding of these hosts")
     p.add_argument("--teacher", default="chgnet", help="with --scan: the teacher")
@@ -150,12 +207,21 @@ def main(argv: list[str] | None = None) -> list[dict] | dict[str, list[dict]]:
     pairs = [q for q in load_pairs(args.data) if q.info.get("split") in args.splits
              and args.density in ("all", q.info.get("density"))]
     rows = analyse(model, PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors))
+    if args.pooled:
+        r = pooled_ratios(rows, args.pooled)
+        print(f"model {args.model}; splits {' '.join(args.splits)}; density {args.density}; "
+              f"{len(rows)} pairs; MAE / Dummy over all their atoms: {r['model']:.3f}; with "
+              f"the teacher's sliding in the {args.pooled} pairs {r['exact_slide']:.3f}; "
+              f"with the model's sliding taken out of them {r['no_slide']:.3f}")
+    rows_slid = [r for r in rows if not r["flat"]]
     print(f"model {args.model}; splits {' '.join(args.splits)}; density {args.density}; "
           "sliding |s| in Å (median over pairs), MAE in Å (mean over pairs)")
     print(f"{'material':<9}{'pairs':>6}{'|s| teacher':>12}{'>0.05':>7}{'>0.1':>6}"
-          f"{'|s| model':>10}{'s error':>9}{'MAE':>8}{'MAE exact s':>12}{'Dummy':>8}")
-    for mat in sorted({r["material"] for r in rows}):
-        rs = [r for r in rows if r["material"] == mat]
+          f"{'|s| model':>10}{'s error':>9}{'MAE':>8}{'MAE exact s':>12}{'Dummy':>8}"
+          f"{'F_s start':>10}{'cos(s,F_s)':>11}")
+    align = start_force_alignment(pairs)
+    for mat in sorted({r["material"] for r in rows_slid}):
+        rs = [r for r in rows_slid if r["material"] == mat]
         med = {k: statistics.median(r[k] for r in rs)
                for k in ("slide_true", "slide_pred", "slide_err")}
         mean = {k: statistics.fmean(r[k] for r in rs)
@@ -163,7 +229,9 @@ def main(argv: list[str] | None = None) -> list[dict] | dict[str, list[dict]]:
         over = [100 * statistics.fmean(r["slide_true"] > t for r in rs) for t in (0.05, 0.1)]
         print(f"{mat:<9}{len(rs):>6}{med['slide_true']:>12.3f}{over[0]:>6.0f}%{over[1]:>5.0f}%"
               f"{med['slide_pred']:>10.3f}{med['slide_err']:>9.3f}{mean['mae']:>8.3f}"
-              f"{mean['mae_exact_slide']:>12.3f}{mean['dummy']:>8.3f}")
+              f"{mean['mae_exact_slide']:>12.3f}{mean['dummy']:>8.3f}"
+              f"{align.get(mat, {}).get('force', np.nan):>10.4f}"
+              f"{align.get(mat, {}).get('cos_big', np.nan):>11.2f}")
     return rows
 
 

@@ -94,6 +94,11 @@ def test_sliding_mode_measures_a_known_shear(host, tmp_path):
     assert row["slide_err"] == pytest.approx(0.12)
     assert row["mae"] == pytest.approx(row["dummy"], abs=1e-6)
     assert row["mae_exact_slide"] == pytest.approx(0.0, abs=1e-5)
+    assert row["mae_no_slide"] == pytest.approx(row["mae"]) and not row["flat"]
+    pooled = mod.pooled_ratios([row], "MoS2")
+    assert pooled["model"] == pytest.approx(1.0) and pooled["no_slide"] == pytest.approx(1.0)
+    assert pooled["exact_slide"] == pytest.approx(0.0, abs=1e-4)
+    assert mod.pooled_ratios([row], "InSe")["exact_slide"] == pytest.approx(1.0)
 
 
 def test_sliding_scan_of_a_stable_crystal_costs_energy():
