@@ -12,15 +12,10 @@ more capacity for large, rare moves matters more than precision in the far field
 
 from __future__ import annotations
 
-import argparse
-import logging
 
 import numpy as np
-import torch
 
-from ase_definet import get_model
-from ase_definet.train.dataset import PairDataset, load_pairs
-from ase_definet.train.evaluate import evaluate_model
+from ase_definet.train.evaluate import evaluate_split_from_cli
 
 EDGES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, np.inf)
 
@@ -46,24 +41,12 @@ def worst_share(err: np.ndarray, fraction: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", default="val", help="which split of the pairs to analyse")
-    p.add_argument("--model", default="default", help="weights name or checkpoint")
-    p.add_argument("--data", nargs="+", default=["data"], help="ase.db files or folders")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    model = get_model(args.model)
-    pairs = [q for q in load_pairs(args.data) if q.info.get("split") == args.split]
-    dataset = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors)
-    _, arrays = evaluate_model(model, dataset, collect=True)
+    args, model, dataset, arrays = evaluate_split_from_cli(__doc__, argv, split="val")
     err = np.linalg.norm(arrays["pred"] - arrays["true"], axis=1)
     dummy = np.linalg.norm(arrays["true"], axis=1)
     rows = breakdown(err, dummy)
     ratio = err.mean() / dummy.mean()
-    print(f"model {args.model}; {len(pairs)} {args.split} pairs, {len(err)} atoms; "
+    print(f"model {args.model}; {len(dataset)} {args.split} pairs, {len(err)} atoms; "
           f"MAE {err.mean():.4f} Å, Dummy {dummy.mean():.4f} Å ({ratio:.3f}x)")
     print(f"{'teacher |d| Å':<14}{'atoms':>7}{'error':>8}{'dummy':>8}{'MAE/Dummy':>11}")
     for r in rows:

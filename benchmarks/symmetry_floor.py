@@ -14,20 +14,14 @@ and the model's distance from the symmetrised label (what it could still gain), 
 
 from __future__ import annotations
 
-import argparse
-import logging
 from collections import defaultdict
 
 import numpy as np
-import torch
 from ase import Atoms
 
-from ase_definet import get_model
 from ase_definet.data.symmetry import symmetrize_vectors, symmetry_operations
-from ase_definet.train.dataset import PairDataset, Sample, load_pairs
-from ase_definet.train.evaluate import evaluate_model
-
-logger = logging.getLogger("symmetry_floor")
+from ase_definet.train.dataset import Sample
+from ase_definet.train.evaluate import evaluate_split_from_cli
 
 
 def symmetric_label(sample: Sample, symprec: float = 1e-3) -> tuple[np.ndarray, int]:
@@ -43,19 +37,7 @@ def symmetric_label(sample: Sample, symprec: float = 1e-3) -> tuple[np.ndarray, 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", default="test", help="which split of the pairs to analyse")
-    p.add_argument("--model", default="default", help="weights name or checkpoint")
-    p.add_argument("--data", nargs="+", default=["data"], help="ase.db files or folders")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    model = get_model(args.model)
-    pairs = [q for q in load_pairs(args.data) if q.info.get("split") == args.split]
-    dataset = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors)
-    _, arrays = evaluate_model(model, dataset, collect=True)
+    args, model, dataset, arrays = evaluate_split_from_cli(__doc__, argv, split="test")
     sums: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(4))
     start = 0
     n_ops = []

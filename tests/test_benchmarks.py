@@ -71,6 +71,33 @@ def test_model_size_table(tmp_path, ckpt, capsys):
         load(ROOT / "benchmarks" / "model_size.py").main([str(run)])
 
 
+def test_symmetry_floor_keeps_symmetric_labels_and_projects_the_rest(host):
+    from ase.geometry import find_mic
+
+    from ase_definet.data.store import Pair
+    from ase_definet.defects import DefectSpec
+    from ase_definet.train.dataset import PairDataset
+
+    mod = load(ROOT / "benchmarks" / "symmetry_floor.py")
+    spec = DefectSpec(vacancies=(1,))  # one vacancy: its point group survives
+    unrelaxed = spec.apply(host)
+    vec, dist = find_mic(host.positions - host.positions[1], host.cell, pbc=True)
+    inward = np.where((dist > 0.1) & (dist < 4.0), -0.05, 0.0)[:, None] * vec
+    keep = spec.site_index(len(host))
+    symmetric = unrelaxed.positions + inward[keep]  # radial: has the vacancy's symmetry
+    rng = np.random.default_rng(1)
+    noisy = symmetric + rng.normal(scale=0.02, size=symmetric.shape)
+    samples = PairDataset.from_pairs(
+        [Pair(unrelaxed, p, host, spec, {"material": "MoS2"}) for p in (symmetric, noisy)],
+        6.0, 24, progress=False).samples
+    (sym_a, k_a), (sym_b, k_b) = (mod.symmetric_label(s) for s in samples)
+    assert k_a == k_b > 1
+    m = samples[0].mask
+    assert np.allclose(sym_a[m], samples[0].target[m], atol=1e-5)  # no floor
+    gap = np.linalg.norm(sym_b[m] - samples[1].target[m], axis=1).mean()
+    assert 0.01 < gap < 0.04  # random noise is mostly not symmetric
+
+
 def test_sliding_mode_measures_a_known_shear(host, tmp_path):
     from ase_definet.data.store import Pair
     from ase_definet.defects import DefectSpec

@@ -3,6 +3,7 @@ density; a table, a CSV and a parity / displacement-error plot."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 from pathlib import Path
@@ -116,3 +117,30 @@ def plot_parity(arrays: dict[str, np.ndarray], path: str | Path, title: str = ""
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+
+def evaluate_split_from_cli(description: str, argv: list[str] | None, split: str = "val"
+                            ) -> tuple[argparse.Namespace, DefiNet, PairDataset,
+                                       dict[str, np.ndarray]]:
+    """The common start of the analysis scripts in ``benchmarks/``: parse ``--model
+    --data --split --threads`` from ``argv``, load the model and the graphs of the chosen
+    split, and evaluate. Returns the parsed arguments, the model, the dataset and the
+    arrays of :func:`evaluate_model` (``collect=True``)."""
+    from ..checkpoint import get_model
+    from .dataset import load_pairs
+
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", default=split, help="which split of the pairs to analyse")
+    p.add_argument("--model", default="default", help="weights name or checkpoint")
+    p.add_argument("--data", nargs="+", default=["data"], help="ase.db files or folders")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    model = get_model(args.model)
+    pairs = [q for q in load_pairs(args.data) if q.info.get("split") == args.split]
+    dataset = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors)
+    _, arrays = evaluate_model(model, dataset, collect=True)
+    return args, model, dataset, arrays
