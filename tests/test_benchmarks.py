@@ -203,3 +203,6 @@ def test_error_breakdown_bins_and_worst_share(tmp_path, ckpt, capsys):
     assert 0 < out["worst"][0.01] <= out["worst"][0.05] <= 1
     assert "worst 1 % of atoms" in capsys.readouterr().out
     assert list(out["by_concentration"]) == ["low"]  # MoS2_low_000 holds low density only
+    with pytest.raises(ValueError, match="no pairs of split 'nope'"):
+        mod.main(["--model", ckpt, "--data", str(ROOT / "data" / "MoS2_low_000.db"),
+                  "--split", "nope"])

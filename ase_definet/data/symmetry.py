@@ -63,8 +63,10 @@ def symmetrize_vectors(vectors: np.ndarray, rotations: np.ndarray,
     """Average a per-site vector field over symmetry operations (the group projection).
 
     ``vectors`` (n_sites, 3); ``rotations``, ``perms`` as from
-    :func:`symmetry_operations`. The result is the closest field (least squares) that
-    the operations leave unchanged: what an exactly equivariant model must predict.
+    :func:`symmetry_operations`. When the operations form a group (all of a
+    structure's, as that function returns unless it skipped a doubtful one), the result
+    is the closest field (least squares) that they leave unchanged: what an exactly
+    equivariant model must predict.
     """
     out = np.zeros_like(vectors, dtype=float)
     for rot, perm in zip(rotations, perms):

@@ -119,7 +119,6 @@ def plot_parity(arrays: dict[str, np.ndarray], path: str | Path, title: str = ""
     plt.close(fig)
 
 
-
 def evaluate_split_from_cli(description: str, argv: list[str] | None, split: str = "val"
                             ) -> tuple[argparse.Namespace, DefiNet, PairDataset,
                                        dict[str, np.ndarray]]:
@@ -141,6 +140,8 @@ def evaluate_split_from_cli(description: str, argv: list[str] | None, split: str
     torch.set_num_threads(args.threads or torch.get_num_threads())
     model = get_model(args.model)
     pairs = [q for q in load_pairs(args.data) if q.info.get("split") == args.split]
+    if not pairs:
+        raise ValueError(f"no pairs of split {args.split!r} in {args.data}")
     dataset = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors)
     _, arrays = evaluate_model(model, dataset, collect=True)
     return args, model, dataset, arrays
