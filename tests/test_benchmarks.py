@@ -38,7 +38,9 @@ def test_benchmark_table_and_csv(tmp_path, ckpt, capsys):
          "--csv", str(out)])
     assert [r["size"] for r in rows] == ["2x2", "3x3"]
     assert rows[1]["sites"] == 27 and rows[0]["relax_vs_first"] == 1.0
-    assert all(r["forward_ms"] > 0 and r["relax_ms"] >= r["forward_ms"] for r in rows)
+    # relax = graph + forward, timed separately: under load one repeat of each can come
+    # out in either order (the published 64x64 row did), so only a loose bound
+    assert all(r["forward_ms"] > 0 and r["relax_ms"] > 0.5 * r["forward_ms"] for r in rows)
     table = capsys.readouterr().out
     assert "batched 8x8 throughput" in table and "3x3" in table
     with open(out) as fh:
