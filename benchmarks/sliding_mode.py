@@ -55,6 +55,11 @@ def halves(z: np.ndarray, mid: float, gap: float = 0.1) -> tuple[np.ndarray, np.
     return z > mid + gap, z < mid - gap
 
 
+def layered(top: np.ndarray, bottom: np.ndarray) -> bool:
+    """Whether a layer has atoms on both sides of its mid-plane (h-BN has not)."""
+    return bool(top.any() and bottom.any())
+
+
 def sliding(disp: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     """(2,) Å: mean in-plane displacement of ``top`` minus that of ``bottom``."""
     return disp[top, :2].mean(0) - disp[bottom, :2].mean(0)
@@ -74,7 +79,7 @@ def analyse(model, dataset: PairDataset) -> list[dict]:
         true, pred = arrays["true"][sl], arrays["pred"][sl]
         z = sample.graph.positions[sample.mask][:, 2]
         top, bottom = halves(z, float(sample.graph.positions[:, 2].mean()))
-        flat = not (top.any() and bottom.any())
+        flat = not layered(top, bottom)
         s_true = s_pred = np.full(2, np.nan)
         fixed = none = pred
         if not flat:
@@ -85,7 +90,7 @@ def analyse(model, dataset: PairDataset) -> list[dict]:
                 out[bottom, :2] -= shift / 2
         err = {name: np.linalg.norm(x - true, axis=1)
                for name, x in (("mae", pred), ("mae_exact_slide", fixed),
-                               ("mae_no_slide", none), ("dummy", 0.0 * true))}
+                               ("mae_no_slide", none), ("dummy", np.zeros_like(true)))}
         rows.append({"material": sample.info.get("material", "?"), "flat": flat,
                      "slide_true": float(np.linalg.norm(s_true)),
                      "slide_pred": float(np.linalg.norm(s_pred)),
@@ -105,7 +110,7 @@ def start_force_alignment(pairs) -> dict[str, dict[str, float]]:
         if u.calc is None or "forces" not in u.calc.results:
             continue
         top, bottom = halves(u.positions[:, 2], float(pair.pristine.positions[:, 2].mean()))
-        if not (top.any() and bottom.any()):
+        if not layered(top, bottom):
             continue
         s = sliding(pair.relaxed_positions - u.positions, top, bottom)
         f = sliding(u.calc.results["forces"], top, bottom)
@@ -140,9 +145,12 @@ def scan(host, calc, amplitudes=SCAN_AMPLITUDES, angles=(0.0, 90.0)) -> list[dic
     (meV per cell), largest force component and net sliding force (eV/Å)."""
     z = host.positions[:, 2]
     top, bottom = halves(z, float(z.mean()))
-    if not (top.any() and bottom.any()):
+    if not layered(top, bottom):
         raise ValueError("a flat layer has no upper and lower half to slide")
-    rows, e0 = [], None
+    ref = host.copy()
+    ref.calc = calc
+    e0 = ref.get_potential_energy()  # the unslid host
+    rows = []
     for amp in amplitudes:
         for ang in angles:
             a = host.copy()
@@ -151,7 +159,6 @@ def scan(host, calc, amplitudes=SCAN_AMPLITUDES, angles=(0.0, 90.0)) -> list[dic
             a.positions[top] += v / 2
             a.positions[bottom] -= v / 2
             e, f = a.get_potential_energy(), a.get_forces()
-            e0 = e if e0 is None else e0
             rows.append({"slide": float(amp), "angle": float(ang), "dE_meV": 1e3 * (e - e0),
                          "max_force": float(np.abs(f).max()),
                          "net_force": float(np.linalg.norm(sliding(f, top, bottom)))})

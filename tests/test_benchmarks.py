@@ -133,6 +133,7 @@ def test_sliding_mode_measures_a_known_shear(host, tmp_path):
 def test_sliding_scan_of_a_stable_crystal_costs_energy():
     from ase.build import bulk
 
+    from ase_definet.data.hosts import get_host
     from ase_definet.data.teacher import get_teacher
 
     mod = load(ROOT / "benchmarks" / "sliding_mode.py")
@@ -144,8 +145,6 @@ def test_sliding_scan_of_a_stable_crystal_costs_energy():
     assert 0 < rows[2]["dE_meV"] < rows[4]["dE_meV"]  # a minimum: sliding costs energy
     assert 0 < rows[2]["net_force"] < rows[4]["net_force"]
     assert rows[2]["dE_meV"] == pytest.approx(rows[3]["dE_meV"], rel=1e-6)  # cubic: x ~ y
-    from ase_definet.data.hosts import get_host
-
     with pytest.raises(ValueError, match="flat layer"):
         mod.scan(get_host("hBN").pristine(), get_teacher("emt"))
 
