@@ -298,3 +298,36 @@ def test_cli_material_weights_are_parsed_or_refused():
     for bad in (["hBN"], ["hBN=x"], ["=2"]):
         with pytest.raises(ValueError, match="MATERIAL=WEIGHT"):
             parse_weights(bad)
+
+
+def test_input_noise_perturbs_only_training_inputs_and_resumes_exactly(tmp_path):
+    from ase_definet.train.dataset import collate_samples
+    from ase_definet.train.trainer import add_input_noise
+
+    train, val = datasets()
+    batch = collate_samples([train[i] for i in range(len(train))])
+    pos0 = batch.graph.positions.clone()
+    assert add_input_noise(batch, 0.0, torch.Generator()) is batch
+    noisy = add_input_noise(batch, 0.05, torch.Generator().manual_seed(1))
+    again = add_input_noise(batch, 0.05, torch.Generator().manual_seed(1))
+    d = noisy.graph.positions - pos0
+    assert torch.equal(batch.graph.positions, pos0)  # the cached sample is untouched
+    assert torch.equal(noisy.graph.positions, again.graph.positions)  # seeded
+    assert d.std().item() == pytest.approx(0.05, rel=0.1) and abs(d.mean().item()) < 0.01
+    assert noisy.target is batch.target and noisy.graph.shifts is batch.graph.shifts
+    # a noisy run resumes to the same weights, and differs from a clean run
+    full = Trainer(cfg(tmp_path / "a", input_noise=0.02), train, val)
+    full.fit()
+    part = Trainer(cfg(tmp_path / "b", input_noise=0.02, epochs=2), train, val)
+    part.fit()
+    resumed = Trainer(cfg(tmp_path / "b", input_noise=0.02), train, val)
+    assert resumed.try_resume()
+    resumed.fit()
+    clean = Trainer(cfg(tmp_path / "c"), train, val)
+    clean.fit()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert any(not torch.equal(v, clean.model.state_dict()[k])
+               for k, v in full.model.state_dict().items() if v.is_floating_point())
+    with pytest.raises(ValueError, match="input_noise must be >= 0"):
+        Trainer(cfg(tmp_path / "d", input_noise=-0.01), train, val)

@@ -40,6 +40,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-grad", type=float)
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--early-stop", type=int)
+    p.add_argument("--input-noise", type=float, metavar="SIGMA",
+                   help="augmentation: Gaussian noise (Å, standard deviation) added to "
+                        "the unrelaxed input positions of each training batch (default 0)")
     p.add_argument("--material-weights", nargs="+", metavar="MATERIAL=W",
                    help="loss weight of each named material's pairs (default 1), e.g. "
                         "hBN=3: the loss is a mean distance in Å, so materials whose "
@@ -141,8 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig, Trainer
 
     keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
-            "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "seed", "device",
-            "threads", "max_hours", "description", "cache_dir", "compile")
+            "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "input_noise", "seed",
+            "device", "threads", "max_hours", "description", "cache_dir", "compile")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.data:
         overrides["data"] = args.data
