@@ -302,6 +302,7 @@ def test_cli_material_weights_are_parsed_or_refused():
 
 def test_input_noise_perturbs_only_training_inputs_and_resumes_exactly(tmp_path):
     from ase_definet.train.dataset import collate_samples
+    from ase_definet.train.evaluate import evaluate_model
     from ase_definet.train.trainer import add_input_noise
 
     train, val = datasets()
@@ -327,6 +328,9 @@ def test_input_noise_perturbs_only_training_inputs_and_resumes_exactly(tmp_path)
     clean.fit()
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+    # validation sees the clean inputs: the logged val MAE is the EMA model's on them
+    acc, _ = evaluate_model(full.ema_model(), val, 3, full.device)
+    assert acc.mae() == pytest.approx(full.history[-1]["val_mae"], abs=1e-7)
     assert any(not torch.equal(v, clean.model.state_dict()[k])
                for k, v in full.model.state_dict().items() if v.is_floating_point())
     with pytest.raises(ValueError, match="input_noise must be >= 0"):
