@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import numpy as np
@@ -285,3 +286,26 @@ def test_chgnet_teacher_forces_match_the_stock_calculator():
     named = atoms.copy()  # the "chgnet-stock" teacher (summary --verify) is that calculator
     named.calc = get_teacher("chgnet-stock")
     assert named.get_potential_energy() == stock.get_potential_energy()
+
+
+def test_unconverged_pairs_are_skipped_and_counted(tmp_path, caplog):
+    from ase_definet.data.store import Pair, write_pair
+    from ase_definet.defects import DefectSpec
+
+    host = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    spec = DefectSpec(vacancies=(0,))
+    unrelaxed = spec.apply(host)
+    path = tmp_path / "p.db"
+    with connect(path) as db:
+        for i, ok in enumerate([True, False, True]):
+            write_pair(db, Pair(unrelaxed, unrelaxed.positions + 0.01 * i, host, spec,
+                                {"config_id": f"cu-{i}", "converged": ok, "split": "train"}))
+    with caplog.at_level(logging.INFO, logger="ase_definet.data.store"):
+        ids = [p.info["config_id"] for p in iter_pairs([path], split="train")]
+    assert ids == ["cu-0", "cu-2"]
+    assert "1 unconverged pair(s) skipped" in caplog.text and str(path) in caplog.text
+    assert len(list(iter_pairs([path], converged_only=False))) == 3
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ase_definet.data.store"):
+        assert list(iter_pairs([path], split="val")) == []
+    assert "skipped" not in caplog.text  # counted within the selection only

@@ -17,6 +17,7 @@ Schema of a row:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from ase.geometry import find_mic
 
 from ..defects import DefectSpec
 from ..matching import Match
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,12 +105,17 @@ def row_to_pair(row) -> Pair:
 
 def iter_pairs(paths: list[str | Path], converged_only: bool = True,
                **selection: Any) -> Iterator[Pair]:
-    """Yield pairs from one or more ``ase.db`` files, e.g. ``split="train"``."""
+    """Yield pairs from one or more ``ase.db`` files, e.g. ``split="train"``; with
+    ``converged_only`` the pairs whose teacher relaxation did not converge are skipped,
+    and how many is logged per file."""
     for path in paths:
         with connect(path) as db:
             if converged_only:
-                selection = {**selection, "converged": True}
-            for row in db.select(**selection):
+                skipped = db.count(**selection, converged=False)
+                if skipped:
+                    logger.info("%s: %d unconverged pair(s) skipped", path, skipped)
+            for row in db.select(**selection, **({"converged": True} if converged_only
+                                                 else {})):
                 yield row_to_pair(row)
 
 
