@@ -110,12 +110,13 @@ def iter_pairs(paths: list[str | Path], converged_only: bool = True,
     and how many is logged per file."""
     for path in paths:
         with connect(path) as db:
+            where = selection
             if converged_only:
-                skipped = db.count(**selection, converged=False)
+                skipped = db.count(**{**selection, "converged": False})
                 if skipped:
                     logger.info("%s: %d unconverged pair(s) skipped", path, skipped)
-            for row in db.select(**selection, **({"converged": True} if converged_only
-                                                 else {})):
+                where = {**selection, "converged": True}
+            for row in db.select(**where):
                 yield row_to_pair(row)
 
 
