@@ -69,7 +69,8 @@ class TrainConfig:
     # augmentation: Gaussian noise of this standard deviation (Å, per Cartesian
     # component) added to the unrelaxed input positions of every training batch, the
     # relaxed target unchanged (meant to stay well below the relaxation's own
-    # displacements, so that the noisy start still belongs to that minimum); 0 = off. Drawn from the run's seeded generator, so resumes stay exact.
+    # displacements, so that the noisy start still belongs to that minimum); 0 = off.
+    # Drawn from the run's seeded generator, so resumes stay exact.
     input_noise: float = 0.0
     early_stop: int = 40  # epochs without improvement of the validation MAE
     seed: int = 0
