@@ -115,6 +115,7 @@ class DefiNetRelaxer(IOContext):
                 "model": str(self.model_name), "device": str(model_device(self.model)),
                 "cutoff": self.model.cutoff, "max_neighbors": self.model.max_neighbors,
                 "layers": self.model.config.layers,
+                "refinement_stages": self.model.config.refine,
                 "polish_optimizer": self.polish_optimizer.__name__,
                 "defects": describe(self.structure.spec, self.structure.pristine)}
 

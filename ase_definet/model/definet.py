@@ -7,7 +7,7 @@ Tensors in, tensors out: no ASE here. Equation numbers refer to the paper's Meth
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -44,6 +44,12 @@ class DefiNetConfig:
             other in opposite directions; axial x polar can, and the network stays
             equivariant under rotations *and* reflections. Its output map starts at
             zero, so switching it on for a trained checkpoint changes nothing at first.
+        refine: refinement stages after the first, another extension (0 = off). Each is
+            a DefiNet of the same size that re-embeds the structure the previous stage
+            predicted, on the same edges, and relaxes it once more. A one-shot prediction
+            falls short on large, collective moves; a stage that starts close to the
+            minimum sees the final neighbourhoods. ``definet finetune --add-stage``
+            appends one, initialised as a copy of the last.
     """
 
     hidden: int = 512
@@ -56,6 +62,7 @@ class DefiNetConfig:
     edge_chunk: int = 8192
     displacement_init: float = 0.01
     axial_global: bool = False
+    refine: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +251,17 @@ class DefiNet(nn.Module):
                 layer.W_vec.weight.mul_(cfg.displacement_init)
                 layer.coord_q[-1].weight.mul_(cfg.displacement_init)
                 layer.coord_q[-1].bias.zero_()
+        if cfg.refine < 0:
+            raise ValueError(f"refine must be >= 0, got {cfg.refine}")
+        self.refiners = nn.ModuleList(DefiNet(cfg, refine=0) for _ in range(cfg.refine))
+
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Parameters of one stage: 0 is the first, 1.. the refiners (``-1`` the last)."""
+        stage = range(self.config.refine + 1)[stage]
+        if stage:
+            return list(self.refiners[stage - 1].parameters())
+        inner = {id(p) for p in self.refiners.parameters()}
+        return [p for p in self.parameters() if id(p) not in inner]
 
     @property
     def elements(self) -> list[int]:
@@ -268,16 +286,25 @@ class DefiNet(nn.Module):
                              f"trained on")
         return idx
 
-    def forward(self, g: GraphBatch) -> list[torch.Tensor]:
+    def forward(self, g: GraphBatch, stages: int | None = None) -> list[torch.Tensor]:
         """Relax a batch of defect graphs.
 
         Args:
             g: :class:`~ase_definet.graph.GraphBatch` with ``positions`` (N, 3) Å.
+            stages: run only the first this many stages (default: all ``1 + refine``).
 
         Returns:
             Coordinates after every layer, ``[r^(0), ..., r^(T)]``, each (N, 3) Å;
-            ``r^(T)`` is the prediction.
+            ``r^(T)`` is the prediction. With ``refine`` stages, each appends its T
+            layers, starting from the last prediction.
         """
+        out = self._stage(g)
+        for stage in self.refiners[:None if stages is None else max(stages - 1, 0)]:
+            out += stage._stage(replace(g, positions=out[-1]))[1:]
+        return out
+
+    def _stage(self, g: GraphBatch) -> list[torch.Tensor]:
+        """The first stage's T layers from ``g.positions``: ``[r^(0), ..., r^(T)]``."""
         pos = g.positions
         x = self.element_embedding(self.element_index(g.numbers))
         n, F = x.shape
@@ -314,4 +341,6 @@ class DefiNet(nn.Module):
         lut[torch.tensor(elements, device=old.device)] = torch.arange(len(elements),
                                                                        device=old.device)
         self.z_to_index = lut
+        for stage in self.refiners:
+            stage.extend_elements(added)
         return added

@@ -45,6 +45,8 @@ def widen_model(model: DefiNet, factor: int, seed: int = 0, spread: float = 0.5)
     r = int(factor)
     if r < 1 or r != factor:
         raise ValueError(f"the widening factor must be a positive integer, got {factor}")
+    if model.config.refine:
+        raise ValueError("widen a model before adding refinement stages, not after")
     F = model.config.hidden
     cfg = DefiNetConfig.from_dict({**model.config.to_dict(), "hidden": r * F})
     p0 = next(model.parameters())

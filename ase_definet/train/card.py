@@ -56,6 +56,7 @@ def write_model_card(checkpoint: Path, test_set: PairDataset | None = None,
               f"- consensus activation temperature tau = {cfg.tau}",
               "- axial global channel (an extension beyond the paper): "
               + ("yes" if cfg.axial_global else "no"),
+              f"- refinement stages after the first (an extension): {cfg.refine}",
               f"- elements: {', '.join(chemical_symbols[z] for z in cfg.elements)}",
               "", "## Training settings", "", "```json",
               json.dumps(meta.get("training", {}), indent=2), "```", "",

@@ -43,6 +43,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-noise", type=float, metavar="SIGMA",
                    help="augmentation: Gaussian noise (Å, standard deviation) added to "
                         "the unrelaxed input positions of each training batch (default 0)")
+    p.add_argument("--train-stage", type=int, metavar="STAGE",
+                   help="with refinement stages (see --add-stage): train only this stage "
+                        "(0 the first, -1 the last), the others frozen")
     p.add_argument("--material-weights", nargs="+", metavar="MATERIAL=W",
                    help="loss weight of each named material's pairs (default 1), e.g. "
                         "hBN=3: the loss is a mean distance in Å, so materials whose "
@@ -75,6 +78,11 @@ def add_commands(sub) -> None:
     f = sub.add_parser("finetune", help="fine-tune a checkpoint on new pairs")
     f.add_argument("--from", dest="init_from", default="default",
                    help="weights name or checkpoint to start from")
+    f.add_argument("--add-stage", action="store_true",
+                   help="append a refinement stage that starts from the checkpoint's "
+                        "prediction, initialised as a copy of its last stage "
+                        "(DefiNetConfig.refine); unless --train-stage says otherwise, only "
+                        "the new stage is trained, on the frozen stages' predictions")
     _add_train_args(f)
     f.set_defaults(func=cmd_train)
     e = sub.add_parser("evaluate", help="coordinate MAE, A3-A6 and the Dummy baseline")
@@ -144,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig, Trainer
 
     keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
-            "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "input_noise", "seed",
+            "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "input_noise", "train_stage", "seed",
             "device", "threads", "max_hours", "description", "cache_dir", "compile")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.data:
@@ -181,8 +189,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             widened = {"from_hidden": width, "to_hidden": hidden}
             logger.info("widened %s from F=%d to F=%d (same output)", cfg.init_from, width,
                         hidden)
-        model = DefiNet(DefiNetConfig.from_dict({**base.config.to_dict(), **model_over}))
+        add_stage = bool(getattr(args, "add_stage", False))
+        model = DefiNet(DefiNetConfig.from_dict({**base.config.to_dict(), **model_over,
+                                                 "refine": base.config.refine + add_stage}))
         missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        if add_stage:  # the new stage starts as a copy of the checkpoint's last
+            last = base.refiners[-1] if base.config.refine else base
+            model.refiners[-1].load_state_dict(
+                {k: v for k, v in last.state_dict().items() if not k.startswith("refiners.")})
+            prefix = f"refiners.{len(model.refiners) - 1}."
+            missing = [k for k in missing if not k.startswith(prefix)]
+            if cfg.train_stage is None:
+                cfg.train_stage = -1
+            logger.info("added stage %d, a copy of the checkpoint's last stage",
+                        len(model.refiners) + 1)
         if unexpected or any(".ax_" not in k for k in missing):
             raise ValueError(f"{cfg.init_from} does not match its own configuration: "
                              f"missing {missing}, unexpected {unexpected}")

@@ -48,6 +48,17 @@ class Sample:
     def defect_sites(self) -> np.ndarray:
         return np.flatnonzero(self.graph.markers > 0)
 
+    def moved_to(self, positions: np.ndarray) -> Sample:
+        """The same pair starting from other site ``positions`` (n_sites, 3) Å, on the
+        same edges (a refinement stage's input); distances to the defects, which
+        define the A3-A6 regions, stay those of the original start."""
+        g = self.graph
+        graph = Graph(g.numbers, g.markers, np.asarray(positions, dtype=float),
+                      g.edge_index, g.shifts, g.cell)
+        moved = Sample(graph=graph, target=self.target, mask=self.mask, info=self.info)
+        moved._near = self.near_defect()
+        return moved
+
     def near_defect(self) -> np.ndarray:
         """(n_sites,) periodic distance (Å) of every site to the nearest defect site."""
         if getattr(self, "_near", None) is None:

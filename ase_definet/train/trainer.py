@@ -17,6 +17,7 @@ Several GPUs or nodes: ``torchrun --nproc_per_node=4 -m ase_definet.train ...``.
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -37,6 +38,7 @@ from ..device import resolve_device
 from ..model import DefiNet, DefiNetConfig
 from .dataset import Batch, PairDataset, iter_batches
 from .evaluate import evaluate_model
+from .staging import staged_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,9 @@ class TrainConfig:
     # displacements, so that the noisy start still belongs to that minimum); 0 = off.
     # Drawn from the run's seeded generator, so resumes stay exact.
     input_noise: float = 0.0
+    # train only this stage of a model with refinement stages (0 the first, -1 the
+    # last), the others frozen; None trains every parameter
+    train_stage: int | None = None
     early_stop: int = 40  # epochs without improvement of the validation MAE
     seed: int = 0
     device: str | None = None
@@ -221,6 +226,24 @@ class Trainer:
         if missing:
             added = model.extend_elements(missing)
             logger.info("added element(s) %s to the embedding", added)
+        self.full: DefiNet | None = None  # the whole model while its last stage trains alone
+        if config.train_stage is not None:
+            n_stages = model.config.refine + 1
+            if not -n_stages <= config.train_stage < n_stages:
+                raise ValueError(f"train_stage {config.train_stage} does not exist: the model "
+                                 f"has {n_stages} stage(s)")
+            if config.train_stage % n_stages == n_stages - 1 and n_stages > 1:
+                self.full = model.to(self.device)
+                logger.info("training stage %d alone on the predictions of the %d frozen "
+                            "stage(s) before it (val 'dummy' = their error)", n_stages,
+                            n_stages - 1)
+                train, val = (staged_dataset(model, d, n_stages - 1, device=self.device)
+                              for d in (train, val))
+                model = model.refiners[-1]
+            else:
+                trained = {id(p) for p in model.stage_parameters(config.train_stage)}
+                for p in model.parameters():
+                    p.requires_grad_(id(p) in trained)
         self.model = model.to(self.device)
         self.train_set, self.val_set = train, val
         self.metadata = dict(metadata or {})
@@ -230,7 +253,8 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if config.compile:  # the checkpoints keep the plain module's parameter names
             self.net = torch.compile(self.net, dynamic=True)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                     lr=config.lr,
                                      weight_decay=config.weight_decay)
         if config.schedule == "plateau":
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -279,7 +303,9 @@ class Trainer:
         if not last.exists():
             return False
         state = torch.load(last, map_location="cpu", weights_only=True)
-        if state["model_config"] != self.model.config.to_dict():
+        # through from_dict, a state saved before a newer field existed reads as its default
+        saved = DefiNetConfig.from_dict(state["model_config"]).to_dict()
+        if saved != self.model.config.to_dict():
             raise ValueError(f"{last} was written by a different model configuration; "
                              "use another --out folder to start a new run")
         self.load_state_dict(state)
@@ -390,4 +416,13 @@ class Trainer:
             "metrics": {"val_mae": row["val_mae"], "val_a3": row["val_a3"],
                         "val_dummy_mae": row["val_dummy_mae"]},
             "n_train": len(self.train_set), "n_val": len(self.val_set)}
-        save_checkpoint(ema, self.out / "best.safetensors", meta)
+        save_checkpoint(self.export(ema), self.out / "best.safetensors", meta)
+
+    def export(self, trained: DefiNet) -> DefiNet:
+        """The model to save: ``trained`` itself, or (when the last stage trained alone)
+        the whole model with ``trained`` as its last stage."""
+        if self.full is None:
+            return trained
+        full = copy.deepcopy(self.full)
+        full.refiners[-1].load_state_dict(trained.state_dict())
+        return full

@@ -1,0 +1,171 @@
+"""Refinement stages (``DefiNetConfig.refine``, ``definet finetune --add-stage``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from ase_definet import DefectStructure, load_checkpoint, save_checkpoint
+from ase_definet.cli import main as cli
+from ase_definet.graph import collate
+from ase_definet.model import DefiNet
+from ase_definet.model.widen import widen_model
+from ase_definet.predict import predict_sites
+from ase_definet.train import Trainer
+from ase_definet.train.evaluate import evaluate_model
+
+from .conftest import tiny_model
+from .test_train import cfg, datasets
+
+TOL = 1e-9  # float64
+
+
+def graph_batch(model: DefiNet, atoms, spec):
+    s = DefectStructure.from_host(atoms, spec)
+    return collate([s.graph(model.cutoff, model.max_neighbors)], torch.float64)
+
+
+def test_refined_forward_chains_the_stages(host, spec):
+    model = tiny_model(refine=1, dtype=torch.float64)
+    T = model.config.layers
+    g = graph_batch(model, host, spec)
+    with torch.no_grad():
+        out = model(g)
+        first = model._stage(g)
+        second = model.refiners[0]._stage(replace(g, positions=first[-1]))
+    assert len(out) == 2 * T + 1
+    for a, b in zip(out, first + second[1:]):
+        assert torch.equal(a, b)
+    # the second stage moves atoms on from where the first left them
+    assert float((out[-1] - out[T]).abs().max()) > 1e-2
+    # the first stage is exactly a one-stage model with the same weights
+    single = DefiNet(model.config, refine=0).to(torch.float64)
+    single.load_state_dict({k: v for k, v in model.state_dict().items()
+                            if not k.startswith("refiners.")})
+    with torch.no_grad():
+        assert torch.equal(single(g)[-1], out[T])
+
+
+def test_refined_model_is_equivariant(host, spec, rng):
+    model = tiny_model(refine=1, dtype=torch.float64)
+    at = host.copy()
+    at.rattle(0.1, seed=3)
+    ref = predict_sites(model, [DefectStructure.from_host(at, spec)])[0]
+    R = Rotation.random(random_state=1).as_matrix()
+    rot = at.copy()
+    rot.set_cell(at.cell[:] @ R.T, scale_atoms=False)
+    rot.positions = at.positions @ R.T
+    rot.positions += np.array([0.3, -1.2, 0.7])
+    out = predict_sites(model, [DefectStructure.from_host(rot, spec)])[0]
+    assert np.abs(out - (ref @ R.T + np.array([0.3, -1.2, 0.7]))).max() < TOL
+
+
+def test_extend_elements_reaches_every_stage():
+    model = tiny_model(refine=2, elements=[16, 42])
+    assert model.extend_elements([41]) == [41]
+    for stage in [model, *model.refiners]:
+        assert stage.elements == [16, 41, 42]
+        assert stage.element_embedding.num_embeddings == 3
+
+
+def test_stage_parameters_split_the_model():
+    model = tiny_model(refine=1)
+    first, last = model.stage_parameters(0), model.stage_parameters(-1)
+    assert len(first) + len(last) == len(list(model.parameters()))
+    assert {id(p) for p in first}.isdisjoint(id(p) for p in last)
+    with pytest.raises(IndexError):
+        model.stage_parameters(2)
+    with pytest.raises(ValueError, match="refine must be >= 0"):
+        DefiNet(hidden=8, layers=1, refine=-1)
+    with pytest.raises(ValueError, match="before adding refinement stages"):
+        widen_model(model, 2)
+
+
+def test_training_the_first_stage_freezes_the_refiner(tmp_path):
+    train, val = datasets(10)
+    model = DefiNet(hidden=16, layers=2, cutoff=5.0, max_neighbors=24, refine=1,
+                    elements=train.elements)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = Trainer(cfg(tmp_path, epochs=1, train_stage=0), train, val, model=model)
+    t.fit()
+    after = t.model.state_dict()
+    for k, v in before.items():
+        if k.startswith("refiners."):
+            assert torch.equal(v, after[k]), k  # frozen
+    assert any(not torch.equal(v, after[k]) for k, v in before.items()
+               if not k.startswith("refiners."))  # trained
+    with pytest.raises(ValueError, match="train_stage 3 does not exist"):
+        Trainer(cfg(tmp_path / "x", train_stage=3), train, val, model=model)
+
+
+def test_last_stage_trains_alone_on_staged_pairs(tmp_path):
+    """Training the last stage alone on the frozen stages' predictions validates and
+    saves the whole model: its saved checkpoint reproduces the logged val MAE on the
+    original pairs, with the first stage untouched."""
+    train, val = datasets(10)
+    model = DefiNet(hidden=16, layers=2, cutoff=5.0, max_neighbors=24, refine=1,
+                    elements=train.elements)
+    first = {k: v.clone() for k, v in model.state_dict().items()
+             if not k.startswith("refiners.")}
+    t = Trainer(cfg(tmp_path, epochs=2, train_stage=-1), train, val, model=model)
+    assert t.model is model.refiners[0] and t.full is model
+    moved = t.train_set[0].graph.positions - train[0].graph.positions
+    assert np.abs(moved).max() > 1e-3  # the pairs start from stage 1's prediction
+    t.fit()
+    best, _ = load_checkpoint(tmp_path / "best.safetensors")
+    assert best.config.refine == 1
+    for k, v in first.items():
+        assert torch.equal(best.state_dict()[k], v), k
+    acc, _ = evaluate_model(best, val)
+    logged = min(row["val_mae"] for row in t.history)
+    assert acc.mae() == pytest.approx(logged, rel=1e-5)
+    assert acc.mae() != pytest.approx(t.history[0]["val_dummy_mae"], rel=1e-3)
+
+
+def test_finetune_add_stage_cli(tmp_path, capsys):
+    from .test_train import synthetic_pairs
+    from ase.io import write
+
+    from .conftest import small_host
+
+    frames = []
+    for p in synthetic_pairs(10):
+        frames += [p.unrelaxed, p.relaxed()]
+    write(tmp_path / "pairs.extxyz", frames)
+    write(tmp_path / "host.cif", small_host(3))
+    base = tiny_model(hidden=16, layers=2)
+    save_checkpoint(base, tmp_path / "base.safetensors", {"data": "test"})
+    ft = ["finetune", "--from", str(tmp_path / "base.safetensors"), "--data",
+          str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
+          "--epochs", "1", "--batch-size", "4", "--lr", "1e-2"]
+    assert cli(ft + ["--out", str(tmp_path / "r"), "--add-stage"]) == 0
+    model, _ = load_checkpoint(tmp_path / "r" / "best.safetensors")
+    assert model.config.refine == 1
+    base_sd = base.state_dict()
+    for k, v in model.state_dict().items():
+        if k.startswith("refiners."):
+            continue
+        # the first stage was frozen (the saved EMA average of a constant rounds only)
+        assert torch.allclose(v, base_sd[k], rtol=0, atol=1e-6), k
+    stage = model.refiners[0].state_dict()
+    assert max(float((v - base_sd[k]).abs().max()) for k, v in stage.items()
+               if v.is_floating_point()) > 1e-3  # the new stage, a copy at first, trained
+    assert "refinement stages after the first (an extension): 1" in (
+        tmp_path / "r" / "best.md").read_text()
+    capsys.readouterr()
+    assert cli(ft + ["--out", str(tmp_path / "bad"), "--add-stage", "--train-stage", "2"]) == 2
+    assert "train_stage 2 does not exist: the model has 2 stage(s)" in capsys.readouterr().err
+    # a second stage on top starts as a copy of the last one (lr 0: nothing trains)
+    two = ["finetune", "--from", str(tmp_path / "r" / "best.safetensors")] + ft[3:]
+    assert cli(two + ["--out", str(tmp_path / "r2"), "--add-stage", "--lr", "0"]) == 0
+    model2, _ = load_checkpoint(tmp_path / "r2" / "best.safetensors")
+    assert model2.config.refine == 2
+    sd2 = model2.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.allclose(sd2[k], v, rtol=0, atol=1e-6), k
+    for k, v in model.refiners[0].state_dict().items():
+        assert torch.allclose(sd2["refiners.1." + k], v, rtol=0, atol=1e-6), k
