@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"torch {torch.__version__} | {torch.get_num_threads()} CPU threads | device {dev}"
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     print(f"# model {args.model}: F={model.config.hidden} T={model.config.layers} "
-          f"D={model.cutoff} N={model.max_neighbors}; medians of {args.repeats} after warm-up"
+          f"stages={1 + model.config.refine} D={model.cutoff} N={model.max_neighbors}; "
+          f"medians of {args.repeats} after warm-up"
           + f"; scatter {get_backend(dev)}"
           + ("; torch.compile (end-to-end = predict_sites, no ASE wrapper)" if args.compile else ""))
     rows = []

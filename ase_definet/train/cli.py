@@ -152,8 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig, Trainer
 
     keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
-            "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "input_noise", "train_stage", "seed",
-            "device", "threads", "max_hours", "description", "cache_dir", "compile")
+            "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "input_noise",
+            "train_stage", "seed", "device", "threads", "max_hours", "description",
+            "cache_dir", "compile")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.data:
         overrides["data"] = args.data

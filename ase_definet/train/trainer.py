@@ -75,7 +75,9 @@ class TrainConfig:
     # Drawn from the run's seeded generator, so resumes stay exact.
     input_noise: float = 0.0
     # train only this stage of a model with refinement stages (0 the first, -1 the
-    # last), the others frozen; None trains every parameter
+    # last), the others frozen; None trains every parameter. The last stage trains
+    # alone on the frozen stages' predictions (computed once), and input_noise then
+    # perturbs those predictions, its own input.
     train_stage: int | None = None
     early_stop: int = 40  # epochs without improvement of the validation MAE
     seed: int = 0
