@@ -15,7 +15,7 @@ from .checkpoint import get_model
 from .defects import DefectSpec
 from .matching import DEFAULT_TOLERANCE
 from .model import DefiNet
-from .predict import predict_sites
+from .predict import check_stages, predict_sites
 from .structure import DefectStructure
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def to_structure(item: Item, elements: list[int] | None = None,
 def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
                device: str | torch.device | None = None, batch_size: int = 32,
                progress: bool = True, tolerance: float = DEFAULT_TOLERANCE,
-               compile: bool = False) -> list[Atoms]:
+               compile: bool = False, stages: int | None = None) -> list[Atoms]:
     """Relax a list of defect structures, ``batch_size`` per forward pass.
 
     Args:
@@ -55,6 +55,7 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
         model: weights name, checkpoint path or ``DefiNet``.
         batch_size: structures per forward pass.
         compile: use ``torch.compile`` (pays off for hundreds of structures).
+        stages: run only the first refinement stages of the weights (default all).
 
     Returns:
         The relaxed defective structures, new Atoms in host order with vacancies
@@ -62,6 +63,7 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
         ``ValueError`` naming its index.
     """
     net = get_model(model, device)
+    check_stages(net, stages)
     structures: list[DefectStructure] = []
     for k, item in enumerate(items):
         try:
@@ -75,7 +77,8 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
               disable=not progress) as bar:
         for rng in chunks:
             batch = [structures[i] for i in rng]
-            for s, sites in zip(batch, predict_sites(net, batch, compile=compile)):
+            for s, sites in zip(batch, predict_sites(net, batch, compile=compile,
+                                                     stages=stages)):
                 out.append(s.defective_atoms(sites))
             bar.update(len(batch))
     return out

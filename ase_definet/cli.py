@@ -74,7 +74,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
     atoms, defects, pristine = _read_inputs(args)
     with DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
                         device=args.device, logfile=None if args.quiet else "-",
-                        trajectory=args.trajectory) as relaxer:
+                        trajectory=args.trajectory, stages=args.stages) as relaxer:
         relaxer.run()
         write_atomic(args.output, relaxer.atoms, args.format)
     logger.info("wrote %s (%d atoms; %s)", args.output, len(relaxer.atoms),
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="torch device (default: $DEFINET_DEVICE, CUDA, CPU)")
     r.add_argument("--trajectory", help="write the input and every layer to this .traj")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-layer log")
+    r.add_argument("--stages", type=int, help="run only the first STAGES refinement "
+                   "stages of the weights: faster, less accurate (default all)")
     r.set_defaults(func=cmd_relax)
 
     i = sub.add_parser("info", help="show a checkpoint's settings and model card data")

@@ -34,14 +34,27 @@ def compiled(model: DefiNet):
     return fn
 
 
+def check_stages(model: DefiNet, stages: int | None) -> int | None:
+    """``stages`` if the model has that many (1 .. 1 + refine), else ``ValueError``."""
+    n = model.config.refine + 1
+    if stages is not None and not (isinstance(stages, int) and 1 <= stages <= n):
+        raise ValueError(f"stages must be an integer from 1 to {n} for these weights "
+                         f"({n} stage(s)), got {stages!r}")
+    return stages
+
+
 def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
-                  all_layers: bool = False, compile: bool = False) -> list[np.ndarray]:
+                  all_layers: bool = False, compile: bool = False,
+                  stages: int | None = None) -> list[np.ndarray]:
     """Relaxed coordinates of every site of every structure.
 
     Returns, per structure, an array (n_sites, 3) Å, or with ``all_layers`` the
-    coordinates after every layer (T+1, n_sites, 3), layer 0 being the input.
-    ``compile`` runs the forward pass through :func:`compiled`.
+    coordinates after every layer (S*T+1, n_sites, 3) of the S stages run, layer 0
+    being the input. ``compile`` runs the forward pass through :func:`compiled`.
+    ``stages`` runs only the first stages of a model with refinement stages (faster,
+    less accurate; default all).
     """
+    check_stages(model, stages)
     graphs = [s.graph(model.cutoff, model.max_neighbors) for s in structures]
     dtype, device = model_dtype(model), model_device(model)
     batch = collate(graphs, dtype=dtype).to(device)
@@ -49,7 +62,7 @@ def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
     model.eval()
     try:
         with torch.inference_mode():
-            layers = (compiled(model) if compile else model)(batch)
+            layers = (compiled(model) if compile else model)(batch, stages=stages)
             # displacements in the model's dtype, added to the float64 input coordinates
             out = (torch.stack(layers) if all_layers else layers[-1]) - layers[0]
             out = out.to("cpu", torch.float64).numpy()

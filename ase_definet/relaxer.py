@@ -34,7 +34,7 @@ from .defects import SpecLike
 from .matching import DEFAULT_TOLERANCE, describe
 from .model import DefiNet
 from .optimizers import get_optimizer
-from .predict import model_device, predict_sites
+from .predict import check_stages, model_device, predict_sites
 from .structure import DefectStructure
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class DefiNetRelaxer(IOContext):
         polish_kwargs: keyword arguments for the polish optimizer.
         tolerance: site-matching tolerance, Å.
         append_trajectory: append to an existing trajectory file instead of replacing it.
+        stages: with weights that chain refinement stages, run only the first ones
+            (faster, less accurate); default all.
 
     Raises:
         ValueError: a bad defect spec, an element the weights have never seen, a
@@ -78,11 +80,13 @@ class DefiNetRelaxer(IOContext):
                  trajectory: str | Path | Trajectory | None = None, *,
                  polish_optimizer: str | type = "BFGS",
                  polish_kwargs: dict[str, Any] | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE, append_trajectory: bool = False):
+                 tolerance: float = DEFAULT_TOLERANCE, append_trajectory: bool = False,
+                 stages: int | None = None):
         if not isinstance(atoms, Atoms):
             raise ValueError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
         self.model = get_model(model, device)
         self.model_name = model if isinstance(model, (str, Path)) else type(model).__name__
+        self.stages = check_stages(self.model, stages)
         elements = self.model.elements
         if defects is None and pristine is None:
             self.structure = _auto_structure(atoms, elements, tolerance)
@@ -97,7 +101,7 @@ class DefiNetRelaxer(IOContext):
         self.logfile = self.openfile(file=logfile, comm=world, mode="a")
         self.observers: list[tuple[Callable, int, tuple, dict]] = []
         self.nsteps = 0
-        self.layers: np.ndarray | None = None  # (T+1, n_sites, 3) Å once predicted
+        self.layers: np.ndarray | None = None  # (S*T+1, n_sites, 3) Å once predicted
         self.timings: dict[str, float] = {}
         self.polisher = None
         self.trajectory = None
@@ -116,6 +120,7 @@ class DefiNetRelaxer(IOContext):
                 "cutoff": self.model.cutoff, "max_neighbors": self.model.max_neighbors,
                 "layers": self.model.config.layers,
                 "refinement_stages": self.model.config.refine,
+                "stages_run": self.stages or self.model.config.refine + 1,
                 "polish_optimizer": self.polish_optimizer.__name__,
                 "defects": describe(self.structure.spec, self.structure.pristine)}
 
@@ -170,7 +175,8 @@ class DefiNetRelaxer(IOContext):
     # ------------------------------------------------------------ internals
     def _predict(self) -> np.ndarray:
         t0 = time.perf_counter()
-        layers = predict_sites(self.model, [self.structure], all_layers=True)[0]
+        layers = predict_sites(self.model, [self.structure], all_layers=True,
+                               stages=self.stages)[0]
         self.timings["predict"] = time.perf_counter() - t0
         return layers
 

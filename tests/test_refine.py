@@ -169,3 +169,44 @@ def test_finetune_add_stage_cli(tmp_path, capsys):
         assert torch.allclose(sd2[k], v, rtol=0, atol=1e-6), k
     for k, v in model.refiners[0].state_dict().items():
         assert torch.allclose(sd2["refiners.1." + k], v, rtol=0, atol=1e-6), k
+
+
+def test_inference_can_run_the_first_stages_only(host, spec, tmp_path, capsys):
+    from ase.io import read, write
+
+    from ase_definet import DefiNetRelaxer
+    from ase_definet.batch import relax_many
+
+    model = tiny_model(refine=2, dtype=torch.float64)
+    single = DefiNet(model.config, refine=0).to(torch.float64)
+    single.load_state_dict({k: v for k, v in model.state_dict().items()
+                            if not k.startswith("refiners.")})
+    one = DefiNetRelaxer(host, defects=spec, model=single, logfile=None)
+    one.run()
+    first = DefiNetRelaxer(host, defects=spec, model=model, logfile=None, stages=1)
+    first.run()
+    full = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
+    full.run()
+    T = model.config.layers
+    assert first.nsteps == T and full.nsteps == 3 * T
+    assert np.abs(first.atoms.positions - one.atoms.positions).max() < TOL
+    assert np.abs(full.atoms.positions - first.atoms.positions).max() > 1e-3
+    assert full.todict()["stages_run"] == 3 and first.todict()["stages_run"] == 1
+    many = relax_many([(host, spec)], model=model, stages=1, progress=False)
+    assert np.abs(many[0].positions - one.atoms.positions).max() < TOL
+    for bad in (0, 4, 1.5):
+        with pytest.raises(ValueError, match="stages must be an integer from 1 to 3"):
+            DefiNetRelaxer(host, defects=spec, model=model, stages=bad)
+    with pytest.raises(ValueError, match="stages must be an integer from 1 to 3"):
+        relax_many([(host, spec)], model=model, stages=0, progress=False)
+    # the command line: --stages
+    save_checkpoint(model.float(), tmp_path / "m.safetensors")
+    write(tmp_path / "host.cif", host)
+    base = ["relax", str(tmp_path / "host.cif"), "--vacancies", "1", "--model",
+            str(tmp_path / "m.safetensors"), "-q", "-o"]
+    assert cli(base + [str(tmp_path / "a.xyz"), "--stages", "1"]) == 0
+    assert cli(base + [str(tmp_path / "b.xyz")]) == 0
+    a, b = read(tmp_path / "a.xyz"), read(tmp_path / "b.xyz")
+    assert np.abs(a.positions - b.positions).max() > 1e-3
+    assert cli(base + [str(tmp_path / "c.xyz"), "--stages", "5"]) == 2
+    assert "stages must be an integer from 1 to 3" in capsys.readouterr().err
