@@ -63,7 +63,7 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
         ``ValueError`` naming its index.
     """
     net = get_model(model, device)
-    check_stages(net, stages)
+    stages = check_stages(net, stages)
     structures: list[DefectStructure] = []
     for k, item in enumerate(items):
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,10 +38,13 @@ def compiled(model: DefiNet):
 def check_stages(model: DefiNet, stages: int | None) -> int | None:
     """``stages`` if the model has that many (1 .. 1 + refine), else ``ValueError``."""
     n = model.config.refine + 1
-    if stages is not None and not (isinstance(stages, int) and 1 <= stages <= n):
+    if stages is None:
+        return None
+    if (isinstance(stages, bool) or not isinstance(stages, numbers.Integral)
+            or not 1 <= stages <= n):
         raise ValueError(f"stages must be an integer from 1 to {n} for these weights "
                          f"({n} stage(s)), got {stages!r}")
-    return stages
+    return int(stages)
 
 
 def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
@@ -54,7 +58,7 @@ def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
     ``stages`` runs only the first stages of a model with refinement stages (faster,
     less accurate; default all).
     """
-    check_stages(model, stages)
+    stages = check_stages(model, stages)
     graphs = [s.graph(model.cutoff, model.max_neighbors) for s in structures]
     dtype, device = model_dtype(model), model_device(model)
     batch = collate(graphs, dtype=dtype).to(device)

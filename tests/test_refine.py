@@ -194,7 +194,8 @@ def test_inference_can_run_the_first_stages_only(host, spec, tmp_path, capsys):
     assert full.todict()["stages_run"] == 3 and first.todict()["stages_run"] == 1
     many = relax_many([(host, spec)], model=model, stages=1, progress=False)
     assert np.abs(many[0].positions - one.atoms.positions).max() < TOL
-    for bad in (0, 4, 1.5):
+    assert DefiNetRelaxer(host, defects=spec, model=model, stages=np.int64(2)).stages == 2
+    for bad in (0, 4, 1.5, True):
         with pytest.raises(ValueError, match="stages must be an integer from 1 to 3"):
             DefiNetRelaxer(host, defects=spec, model=model, stages=bad)
     with pytest.raises(ValueError, match="stages must be an integer from 1 to 3"):
