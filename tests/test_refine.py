@@ -7,9 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from ase.io import read, write
 from scipy.spatial.transform import Rotation
 
-from ase_definet import DefectStructure, load_checkpoint, save_checkpoint
+from ase_definet import DefectStructure, DefiNetRelaxer, load_checkpoint, save_checkpoint
+from ase_definet.batch import relax_many
 from ase_definet.cli import main as cli
 from ase_definet.graph import collate
 from ase_definet.model import DefiNet
@@ -18,8 +20,8 @@ from ase_definet.predict import predict_sites
 from ase_definet.train import Trainer
 from ase_definet.train.evaluate import evaluate_model
 
-from .conftest import tiny_model
-from .test_train import cfg, datasets
+from .conftest import small_host, tiny_model
+from .test_train import cfg, datasets, synthetic_pairs
 
 TOL = 1e-9  # float64
 
@@ -50,7 +52,7 @@ def test_refined_forward_chains_the_stages(host, spec):
         assert torch.equal(single(g)[-1], out[T])
 
 
-def test_refined_model_is_equivariant(host, spec, rng):
+def test_refined_model_is_equivariant(host, spec):
     model = tiny_model(refine=1, dtype=torch.float64)
     at = host.copy()
     at.rattle(0.1, seed=3)
@@ -127,11 +129,6 @@ def test_last_stage_trains_alone_on_staged_pairs(tmp_path):
 
 
 def test_finetune_add_stage_cli(tmp_path, capsys):
-    from .test_train import synthetic_pairs
-    from ase.io import write
-
-    from .conftest import small_host
-
     frames = []
     for p in synthetic_pairs(10):
         frames += [p.unrelaxed, p.relaxed()]
@@ -172,11 +169,6 @@ def test_finetune_add_stage_cli(tmp_path, capsys):
 
 
 def test_inference_can_run_the_first_stages_only(host, spec, tmp_path, capsys):
-    from ase.io import read, write
-
-    from ase_definet import DefiNetRelaxer
-    from ase_definet.batch import relax_many
-
     model = tiny_model(refine=2, dtype=torch.float64)
     single = DefiNet(model.config, refine=0).to(torch.float64)
     single.load_state_dict({k: v for k, v in model.state_dict().items()
