@@ -63,7 +63,8 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 1024
 
 
-def bench_size(model, n: int, repeats: int, compile: bool = False) -> dict:
+def bench_size(model, n: int, repeats: int, compile: bool = False,
+               stages: int | None = None) -> dict:
     host, spec = structure(n)
     s = DefectStructure.from_host(host, spec, model.elements)
     dev = next(model.parameters()).device
@@ -74,15 +75,16 @@ def bench_size(model, n: int, repeats: int, compile: bool = False) -> dict:
 
     def forward():
         with torch.inference_mode():
-            net(batch)
+            net(batch, stages=stages)
 
     t_fwd = timed(forward, repeats)
     def relax():
         if compile:
             predict_sites(model, [DefectStructure.from_host(host, spec, model.elements)],
-                          all_layers=True, compile=True)
+                          all_layers=True, compile=True, stages=stages)
         else:
-            DefiNetRelaxer(host, defects=spec, model=model, logfile=None).run()
+            DefiNetRelaxer(host, defects=spec, model=model, logfile=None,
+                           stages=stages).run()
 
     t_e2e = timed(relax, repeats)
     return {"size": f"{n}x{n}", "sites": len(host), "edges": batch.edge_index.shape[1],
@@ -90,14 +92,15 @@ def bench_size(model, n: int, repeats: int, compile: bool = False) -> dict:
             "relax_ms": 1e3 * t_e2e, "peak_mb": peak_memory_mb(dev)}
 
 
-def bench_throughput(model, batch_size: int, n_structures: int, compile: bool = False
-                     ) -> float:
+def bench_throughput(model, batch_size: int, n_structures: int, compile: bool = False,
+                     stages: int | None = None) -> float:
     host, _ = structure(8)
     h = replace(get_host("MoS2"), supercell=(8, 8, 1))
     specs = [c.spec for c in high_density_configs(h, n_structures, seed=1,
                                                    concentrations=(0.10,))][:n_structures]
     items = [(host, sp) for sp in specs]
-    kw = dict(model=model, batch_size=batch_size, progress=False, compile=compile)
+    kw = dict(model=model, batch_size=batch_size, progress=False, compile=compile,
+              stages=stages)
     relax_many(items[:batch_size], **kw)
     t0 = time.perf_counter()
     relax_many(items, **kw)
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--scatter", default="auto", choices=["auto", "native", "torch_scatter"],
                    help="scatter backend (ase_definet.model.set_backend)")
     p.add_argument("--no-teacher", action="store_true", help="skip CHGNet + FIRE")
+    p.add_argument("--stages", type=int, help="run only the first STAGES refinement stages "
+                   "of the weights (default all)")
     p.add_argument("--teacher-sizes", type=int, nargs="+", default=[8, 16])
     p.add_argument("--csv", default="benchmark.csv")
     args = p.parse_args(argv)
@@ -148,13 +153,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"torch {torch.__version__} | {torch.get_num_threads()} CPU threads | device {dev}"
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     print(f"# model {args.model}: F={model.config.hidden} T={model.config.layers} "
-          f"stages={1 + model.config.refine} D={model.cutoff} N={model.max_neighbors}; "
+          f"stages={args.stages or 1 + model.config.refine} of {1 + model.config.refine} "
+          f"D={model.cutoff} N={model.max_neighbors}; "
           f"medians of {args.repeats} after warm-up"
           + f"; scatter {get_backend(dev)}"
           + ("; torch.compile (end-to-end = predict_sites, no ASE wrapper)" if args.compile else ""))
     rows = []
     for n in sorted(args.sizes):
-        rows.append(bench_size(model, n, args.repeats, args.compile))
+        rows.append(bench_size(model, n, args.repeats, args.compile, args.stages))
         logger.info("%s done", rows[-1]["size"])
     base = rows[0]["relax_ms"]
     for r in rows:
@@ -166,7 +172,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 t, steps = bench_teacher(n)
                 r |= {"chgnet_fire_s": t, "chgnet_steps": steps,
                       "speedup": t / (r["relax_ms"] / 1e3)}
-    tput = bench_throughput(model, args.batch_size, args.throughput_structures, args.compile)
+    tput = bench_throughput(model, args.batch_size, args.throughput_structures, args.compile,
+                            args.stages)
     head = (f"{'size':>7}{'sites':>7}{'edges':>9}{'graph ms':>10}{'fwd ms':>9}{'relax ms':>10}"
             f"{'x first':>8}{'peak MB':>9}{'CHGNet+FIRE s':>15}{'steps':>7}{'speedup':>9}")
     print(head)
