@@ -126,6 +126,13 @@ def test_last_stage_trains_alone_on_staged_pairs(tmp_path):
     logged = min(row["val_mae"] for row in t.history)
     assert acc.mae() == pytest.approx(logged, rel=1e-5)
     assert acc.mae() != pytest.approx(t.history[0]["val_dummy_mae"], rel=1e-3)
+    # resuming needs the same frozen stages: they come from the caller, not last.pt
+    same = DefiNet(model.config).to(next(model.parameters()).dtype)
+    same.load_state_dict(model.state_dict())
+    assert Trainer(cfg(tmp_path, epochs=2, train_stage=-1), train, val, model=same).try_resume()
+    other = DefiNet(model.config)  # other random weights, same configuration
+    with pytest.raises(ValueError, match="other frozen stages"):
+        Trainer(cfg(tmp_path, epochs=2, train_stage=-1), train, val, model=other).try_resume()
 
 
 def test_finetune_add_stage_cli(tmp_path, capsys):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -201,6 +202,16 @@ def _dist_setup(device: torch.device) -> tuple[int, int, torch.device]:
     return torch.distributed.get_rank(), world, device
 
 
+def _fingerprint(model: nn.Module, exclude: str) -> str:
+    """SHA-256 of the state-dict tensors whose names do not start with ``exclude``."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        if not k.startswith(exclude):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class Trainer:
     """Train (or fine-tune) a DefiNet on a train/val :class:`PairDataset` pair."""
 
@@ -229,13 +240,17 @@ class Trainer:
             added = model.extend_elements(missing)
             logger.info("added element(s) %s to the embedding", added)
         self.full: DefiNet | None = None  # the whole model while its last stage trains alone
+        self.frozen = ""  # fingerprint of the frozen stages' weights (staged training)
         if config.train_stage is not None:
             n_stages = model.config.refine + 1
-            if not -n_stages <= config.train_stage < n_stages:
+            try:
+                stage = range(n_stages)[config.train_stage]
+            except IndexError:
                 raise ValueError(f"train_stage {config.train_stage} does not exist: the model "
-                                 f"has {n_stages} stage(s)")
-            if config.train_stage % n_stages == n_stages - 1 and n_stages > 1:
+                                 f"has {n_stages} stage(s)") from None
+            if stage and stage == n_stages - 1:
                 self.full = model.to(self.device)
+                self.frozen = _fingerprint(model, exclude="refiners." + str(stage - 1) + ".")
                 logger.info("training stage %d alone on the predictions of the %d frozen "
                             "stage(s) before it (val 'dummy' = their error)", n_stages,
                             n_stages - 1)
@@ -243,7 +258,7 @@ class Trainer:
                               for d in (train, val))
                 model = model.refiners[-1]
             else:
-                trained = {id(p) for p in model.stage_parameters(config.train_stage)}
+                trained = {id(p) for p in model.stage_parameters(stage)}
                 for p in model.parameters():
                     p.requires_grad_(id(p) in trained)
         self.model = model.to(self.device)
@@ -284,6 +299,7 @@ class Trainer:
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
                 "history": self.history, "model_config": self.model.config.to_dict(),
+                "frozen_stages": self.frozen,
                 "train_config": asdict(self.cfg)}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
@@ -310,6 +326,11 @@ class Trainer:
         if saved != self.model.config.to_dict():
             raise ValueError(f"{last} was written by a different model configuration; "
                              "use another --out folder to start a new run")
+        # staged training: the frozen stages come from --from, not from last.pt
+        if state.get("frozen_stages", self.frozen) != self.frozen:
+            raise ValueError(f"{last} trained its stage on the predictions of other frozen "
+                             "stages than those given now; use the same --from, or another "
+                             "--out folder")
         self.load_state_dict(state)
         logger.info("resumed from %s at epoch %d (best val MAE %.4f Å)", last, self.epoch,
                     self.best)
