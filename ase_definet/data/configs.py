@@ -4,6 +4,11 @@
   sites, the same number of configurations per concentration.
 * Low density: 1 to 3 defects, distinct up to the host's symmetry.
 
+Each sequence lives on one lattice axis (:mod:`.variants`): the shipped cell
+(``original``), strained lattices, the PBE lattice or other supercell sizes; the lattice
+of every configuration is drawn with its own seeded generator, so sequences stay
+prefix-stable.
+
 Every configuration gets a stable ``config_id``; the sequence for a given seed is
 reproducible, and asking for more configurations extends it without changing the prefix.
 """
@@ -19,6 +24,7 @@ from ase.data import atomic_numbers
 from ..defects import DefectSpec
 from .hosts import Host
 from .symmetry import site_permutations
+from .variants import AXES, Lattice, draw_strain, pbe_strain, supercell_sizes
 
 HIGH_CONCENTRATIONS = (0.025, 0.05, 0.075, 0.10, 0.125)
 
@@ -32,6 +38,7 @@ class DefectConfig:
     density: str  # "high" or "low"
     concentration: float  # defects / sites
     spec: DefectSpec
+    lattice: Lattice = Lattice()  # axis, strain and supercell; see :mod:`.variants`
 
 
 def _rng(seed: int, *keys: int | str) -> np.random.Generator:
@@ -60,23 +67,48 @@ def _random_spec(host: Host, numbers: np.ndarray, n_defects: int,
     return DefectSpec(vacancies=tuple(vac), substitutions=subs)
 
 
+def draw_lattice(host: Host, axis: str, density: str, k: int, seed: int = 0,
+                 max_strain: float = 0.04) -> Lattice:
+    """The lattice of the ``k``-th configuration of an axis's sequence (seeded per
+    configuration, so sequences are prefix-stable)."""
+    default = tuple(host.supercell[:2])
+    if axis == "original":
+        return Lattice("original", (0.0, 0.0), default)
+    if axis == "pbe":
+        return Lattice("pbe", pbe_strain(host.name, host.unit_cell), default)
+    rng = _rng(seed, host.name, axis, "lattice", density, k)
+    if axis == "strain":
+        return Lattice("strain", draw_strain(rng, k, max_strain), default)
+    if axis == "size":
+        sizes = supercell_sizes(default)
+        return Lattice("size", (0.0, 0.0), sizes[rng.integers(len(sizes))])
+    raise ValueError(f"unknown axis {axis!r}; known axes: {list(AXES)}")
+
+
+def _id_prefix(host: Host, axis: str, density: str) -> str:
+    return f"{host.name}-{density}" if axis == "original" else f"{host.name}-{axis}-{density}"
+
+
 def high_density_configs(host: Host, n_per_concentration: int, seed: int = 0,
-                         concentrations: tuple[float, ...] = HIGH_CONCENTRATIONS
+                         concentrations: tuple[float, ...] = HIGH_CONCENTRATIONS,
+                         axis: str = "original", max_strain: float = 0.04
                          ) -> list[DefectConfig]:
     """Random high-density configurations, interleaved over concentrations.
 
     Configuration ``k * len(concentrations) + c`` is the ``k``-th one at concentration
-    ``c``, so any prefix of the list is balanced across concentrations.
+    ``c``, so any prefix of the list is balanced across concentrations. On the
+    ``original`` axis the sequence is the one of every earlier release.
     """
-    pristine = host.pristine()
-    n_sites, numbers = len(pristine), pristine.numbers
     out = []
+    keys = (host.name,) if axis == "original" else (host.name, axis)
     for k in range(n_per_concentration):
         for ci, conc in enumerate(concentrations):
-            n_def = max(1, int(round(conc * n_sites)))
-            spec = _random_spec(host, numbers, n_def, _rng(seed, host.name, "high", ci, k))
-            out.append(DefectConfig(f"{host.name}-high-{len(out):05d}", host.name, "high",
-                                    conc, spec))
+            lattice = draw_lattice(host, axis, "high", len(out), seed, max_strain)
+            pristine = host.pristine((*lattice.repeat, 1))
+            n_def = max(1, int(round(conc * len(pristine))))
+            spec = _random_spec(host, pristine.numbers, n_def, _rng(seed, *keys, "high", ci, k))
+            out.append(DefectConfig(f"{_id_prefix(host, axis, 'high')}-{len(out):05d}",
+                                    host.name, "high", conc, spec, lattice))
     return out
 
 
@@ -90,24 +122,31 @@ def canonical_key(spec: DefectSpec, perms: np.ndarray) -> tuple:
 
 
 def low_density_configs(host: Host, n: int, seed: int = 0, max_defects: int = 3,
-                        max_tries: int = 100_000) -> list[DefectConfig]:
+                        max_tries: int = 100_000, axis: str = "original",
+                        max_strain: float = 0.04) -> list[DefectConfig]:
     """``n`` configurations with 1 to ``max_defects`` defects, distinct up to symmetry.
 
     All symmetry-distinct single defects come first, then 2, 3, 2, 3, ... defects drawn
-    at random (rejecting symmetry duplicates) until ``n`` are collected.
+    at random (rejecting symmetry duplicates) until ``n`` are collected. Symmetry is that
+    of the unstrained default supercell (``axis="size"`` is not offered here).
     """
+    if axis == "size":
+        raise ValueError("low-density configurations are planned on the default supercell; "
+                         "the size axis is high density only")
     pristine = host.pristine()
     perms = site_permutations(pristine)
     numbers = pristine.numbers
     seen: set[tuple] = set()
     out: list[DefectConfig] = []
+    prefix = _id_prefix(host, axis, "low")
 
     def add(spec: DefectSpec) -> None:
         key = canonical_key(spec, perms)
         if key not in seen:
             seen.add(key)
-            out.append(DefectConfig(f"{host.name}-low-{len(out):05d}", host.name, "low",
-                                    spec.n_defects / len(pristine), spec))
+            lattice = draw_lattice(host, axis, "low", len(out), seed, max_strain)
+            out.append(DefectConfig(f"{prefix}-{len(out):05d}", host.name, "low",
+                                    spec.n_defects / len(pristine), spec, lattice))
 
     for el, sub in host.defect_types():
         for site in np.flatnonzero(numbers == atomic_numbers[el]):
@@ -115,7 +154,8 @@ def low_density_configs(host: Host, n: int, seed: int = 0, max_defects: int = 3,
                 break
             add(DefectSpec(vacancies=(int(site),)) if sub is None
                 else DefectSpec(substitutions={int(site): sub}))
-    rng = _rng(seed, host.name, "low")
+    rng = _rng(seed, host.name, "low") if axis == "original" else _rng(seed, host.name, axis,
+                                                                       "low")
     sizes = list(range(2, max_defects + 1)) or [1]
     tries = 0
     while len(out) < n and tries < max_tries:

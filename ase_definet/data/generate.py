@@ -8,6 +8,10 @@ rewritten. Rerunning the same command resumes: labelled ``config_id``s are skipp
 ``--shard K/N`` takes every N-th batch file, so shards never share a file.
 
     python -m ase_definet.data.generate --out data --high 64 --low 320 --workers 1
+    definet generate --out data/variety --high 0 --low 80 --strain-high 12 --strain-low 60
+
+Beyond the shipped lattice, ``--strain-*``, ``--pbe-*`` and ``--size-high`` plan the
+axes of :mod:`.variants`; every pair records its axis, strain, lattice and supercell.
 """
 
 from __future__ import annotations
@@ -30,10 +34,14 @@ from .hosts import get_host, host_names
 from .label import relax_fixed_cell
 from .splits import assign_split
 from .store import Pair, done_ids, write_pair
+from .variants import relaxed_unit_cell
 
 logger = logging.getLogger(__name__)
 
-LOW_DENSITY_HOSTS = ("MoS2", "WSe2")
+#: (axis, density) groups in the order their batches are interleaved: the original lattice
+#: first, then the new axes (:mod:`.variants`).
+GROUPS = (("original", "high"), ("original", "low"), ("strain", "low"), ("strain", "high"),
+          ("pbe", "low"), ("pbe", "high"), ("size", "high"))
 
 
 @dataclass(frozen=True)
@@ -41,36 +49,79 @@ class Job:
     config: DefectConfig
     file: str  # batch file name
     split: str
-    pristine: Atoms  # the host supercell (workers need no host registry)
+    pristine: Atoms  # the unstrained host supercell (workers need no host registry)
+    unit_cell: Atoms  # the host's shipped unit cell (strained and relaxed by the worker)
 
 
-def plan_jobs(materials: Iterable[str], n_high_per_conc: int, n_low: int, seed: int = 0,
-              batch_size: int = 50) -> list[list[Job]]:
-    """All jobs grouped by batch file, batches interleaved across materials/densities."""
-    groups: list[list[list[Job]]] = []
+def group_file(material: str, axis: str, density: str, batch: int) -> str:
+    """Batch file name: ``MoS2_high_003.db`` on the original lattice,
+    ``MoS2_strain_low_000.db`` on another axis."""
+    mid = density if axis == "original" else f"{axis}_{density}"
+    return f"{material}_{mid}_{batch:03d}.db"
+
+
+def plan_jobs(materials: Iterable[str], n_high_per_conc: int = 0, n_low: int = 0,
+              seed: int = 0, batch_size: int = 50, *,
+              counts: dict[tuple[str, str], int] | None = None,
+              low_materials: Iterable[str] | None = None,
+              max_strain: float = 0.04) -> list[list[Job]]:
+    """All jobs grouped by batch file, batches interleaved across groups and materials.
+
+    Args:
+        n_high_per_conc, n_low: the original lattice's high-density configurations per
+            concentration and low-density configurations.
+        counts: (axis, density) -> number for the other axes of :data:`GROUPS` (per
+            concentration for high density), e.g. ``{("strain", "low"): 50}``.
+        low_materials: the materials that get original-lattice low density (default all).
+        max_strain: bound of the strain axis (0.04 = 4 %).
+    """
+    counts = {("original", "high"): n_high_per_conc, ("original", "low"): n_low,
+              **(counts or {})}
+    unknown = set(counts) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown (axis, density) groups {sorted(unknown)}; known: {GROUPS}")
+    materials = list(materials)
+    low_materials = set(materials if low_materials is None else low_materials)
+    groups: dict[tuple[str, str, str], list[list[Job]]] = {}
     for name in materials:
         host = get_host(name)
-        pristine = host.pristine()
-        seqs = [high_density_configs(host, n_high_per_conc, seed)] if n_high_per_conc else []
-        if n_low and name in LOW_DENSITY_HOSTS:
-            seqs.append(low_density_configs(host, n_low, seed))
-        for configs in seqs:
-            counts: dict[str, int] = {}
-            batches: list[list[Job]] = []
-            for i, c in enumerate(configs):
-                stratum = f"{c.material}/{c.density}/" + (
-                    f"{c.concentration:.4f}" if c.density == "high" else str(c.spec.n_defects))
-                k = counts[stratum] = counts.get(stratum, -1) + 1
-                if i % batch_size == 0:
-                    batches.append([])
-                batches[-1].append(Job(c, f"{c.material}_{c.density}_{i // batch_size:03d}.db",
-                                       assign_split(stratum, k, seed), pristine))
-            groups.append(batches)
-    # round-robin: batch 0 of every group, then batch 1, ...
+        for axis, density in GROUPS:
+            n = counts.get((axis, density), 0)
+            if not n or (axis, density) == ("original", "low") and name not in low_materials:
+                continue
+            if density == "high":
+                configs = high_density_configs(host, n, seed, axis=axis, max_strain=max_strain)
+            else:
+                configs = low_density_configs(host, n, seed, axis=axis, max_strain=max_strain)
+            groups[(axis, density, name)] = _batches(host, configs, axis, seed, batch_size)
+    # round-robin: batch 0 of every group (axis-major, then material), then batch 1, ...
+    order = sorted(groups, key=lambda g: (GROUPS.index(g[:2]), materials.index(g[2])))
     out = []
-    for b in range(max((len(g) for g in groups), default=0)):
-        out += [g[b] for g in groups if b < len(g)]
+    for b in range(max((len(g) for g in groups.values()), default=0)):
+        out += [groups[g][b] for g in order if b < len(groups[g])]
     return out
+
+
+def _batches(host, configs: list[DefectConfig], axis: str, seed: int,
+             batch_size: int) -> list[list[Job]]:
+    counts: dict[str, int] = {}
+    batches: list[list[Job]] = []
+    pristines: dict[tuple[int, int], Atoms] = {}
+    for i, c in enumerate(configs):
+        stratum = f"{c.material}/{c.density}/" + (
+            f"{c.concentration:.4f}" if c.density == "high" else str(c.spec.n_defects))
+        if axis != "original":
+            stratum = f"{c.material}/{axis}/" + stratum.split("/", 1)[1]
+        k = counts[stratum] = counts.get(stratum, -1) + 1
+        if i % batch_size == 0:
+            batches.append([])
+        rep = c.lattice.repeat
+        if rep not in pristines:
+            pristines[rep] = host.pristine((*rep, 1))
+        batches[-1].append(Job(c, group_file(c.material, axis, c.density, i // batch_size),
+                               assign_split(stratum, k, seed), pristines[rep],
+                               host.unit_cell))
+    return batches
 
 
 _CALC = None
@@ -86,9 +137,27 @@ def _init_worker(teacher: str, threads: int, device: str = "cpu") -> None:
     _CALC = get_teacher(teacher, device=device)
 
 
+_UNIT_CELLS: dict[tuple, Atoms] = {}  # per worker: relaxed strained unit cells
+
+
+def _host_at_lattice(job: Job) -> Atoms:
+    """The pristine supercell of ``job``: at a strained lattice, the teacher's fixed-cell
+    relaxation of the strained unit cell, repeated (cached per worker)."""
+    lat = job.config.lattice
+    if not lat.strained:
+        return job.pristine.copy()
+    key = (job.config.material, lat.strain)
+    if key not in _UNIT_CELLS:
+        _UNIT_CELLS[key] = relaxed_unit_cell(job.unit_cell, lat.strain, _CALC)
+    pristine = _UNIT_CELLS[key].repeat((*lat.repeat, 1))
+    pristine.pbc = True
+    pristine.info = dict(job.pristine.info)
+    return pristine
+
+
 def _label(args) -> tuple[Job, Pair]:
     job, fmax, steps, optimizer, teacher_name = args
-    pristine = job.pristine.copy()
+    pristine = _host_at_lattice(job)
     unrelaxed = job.config.spec.apply(pristine)
     res = relax_fixed_cell(unrelaxed, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
     unrelaxed.calc = SinglePointCalculator(unrelaxed, energy=res.initial_energy,
@@ -98,7 +167,8 @@ def _label(args) -> tuple[Job, Pair]:
                 concentration=float(c.concentration), n_defects=c.spec.n_defects,
                 split=job.split, teacher=teacher_name, optimizer=optimizer,
                 relax_fmax=fmax, final_fmax=res.fmax, converged=res.converged,
-                steps=res.steps, relaxed_energy=res.energy)
+                steps=res.steps, relaxed_energy=res.energy,
+                **c.lattice.info(job.unit_cell))
     return job, Pair(unrelaxed, res.positions, pristine, c.spec, info)
 
 
@@ -197,7 +267,22 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="folder for batches in progress (default OUT/partial)")
     p.add_argument("--materials", nargs="+", default=["all"], help="host names or 'all'")
     p.add_argument("--high", type=int, default=64, help="high-density configs per concentration")
-    p.add_argument("--low", type=int, default=320, help="low-density configs (MoS2, WSe2)")
+    p.add_argument("--low", type=int, default=320,
+                   help="low-density configs (1-3 defects) per material")
+    p.add_argument("--low-materials", nargs="+", default=["all"],
+                   help="materials that get original-lattice low density")
+    p.add_argument("--strain-high", type=int, default=0,
+                   help="high-density configs per concentration on strained lattices")
+    p.add_argument("--strain-low", type=int, default=0,
+                   help="low-density configs on strained lattices")
+    p.add_argument("--max-strain", type=float, default=0.04,
+                   help="strain bound (0.04 = 4 %%): biaxial, x and y in turn")
+    p.add_argument("--pbe-high", type=int, default=0,
+                   help="high-density configs per concentration at the 2DMD PBE lattice")
+    p.add_argument("--pbe-low", type=int, default=0,
+                   help="low-density configs at the 2DMD PBE lattice")
+    p.add_argument("--size-high", type=int, default=0,
+                   help="high-density configs per concentration in 5x5 to 10x10 supercells")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: this shard of N")
@@ -220,7 +305,12 @@ def main(argv: list[str] | None = None) -> None:
 def run_from_args(args: argparse.Namespace) -> None:
     """Run the generator from parsed command-line arguments (``definet generate``)."""
     materials = host_names() if args.materials == ["all"] else args.materials
-    batches = plan_jobs(materials, args.high, args.low, args.seed, args.batch_size)
+    low = None if args.low_materials == ["all"] else args.low_materials
+    counts = {("strain", "high"): args.strain_high, ("strain", "low"): args.strain_low,
+              ("pbe", "high"): args.pbe_high, ("pbe", "low"): args.pbe_low,
+              ("size", "high"): args.size_high}
+    batches = plan_jobs(materials, args.high, args.low, args.seed, args.batch_size,
+                        counts=counts, low_materials=low, max_strain=args.max_strain)
     batches = select_shard(batches, *args.shard)
     run(args.out, args.partial_dir or args.out / "partial", batches, workers=args.workers,
         threads=args.threads, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,

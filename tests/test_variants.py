@@ -1,0 +1,121 @@
+"""The generator's axes of variety: strained and PBE lattices, other supercells, low
+density for every host."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.db import connect
+
+from ase_definet.data import generate
+from ase_definet.data.configs import high_density_configs, low_density_configs
+from ase_definet.data.hosts import Host, get_host, host_names, register_host
+from ase_definet.data.variants import (PBE_LATTICE, SIZE_RANGE, Lattice, draw_strain,
+                                       pbe_strain, relaxed_unit_cell, supercell_sizes)
+
+
+def cu_host() -> Host:
+    h = Host(name="CuTest", unit_cell=bulk("Cu", "fcc", a=3.6, cubic=True), supercell=(2, 2, 1),
+             substitutions={"Cu": ("Ag",)}, vacancies=("Cu",))
+    register_host(h, overwrite=True)
+    return h
+
+
+def test_original_axis_is_the_sequence_of_earlier_releases():
+    host = get_host("MoS2")
+    a = high_density_configs(host, 2)
+    b = high_density_configs(host, 2, axis="original")
+    assert [c.spec for c in a] == [c.spec for c in b]
+    assert a[0].config_id == "MoS2-high-00000" and a[0].lattice.repeat == (8, 8)
+    s = high_density_configs(host, 2, axis="strain")
+    assert s[0].config_id == "MoS2-strain-high-00000"
+    assert [c.spec for c in s] != [c.spec for c in a]  # its own random stream
+
+
+def test_strain_axis_spans_the_range_and_cycles_the_modes():
+    rng = np.random.default_rng(0)
+    strains = [draw_strain(rng, k, 0.04) for k in range(300)]
+    modes = Counter("biaxial" if x == y else "x" if y == 0 else "y" for x, y in strains)
+    assert modes == {"biaxial": 100, "x": 100, "y": 100}
+    values = np.array([max(s, key=abs) for s in strains])
+    assert values.min() < -0.035 and values.max() > 0.035 and np.abs(values).max() <= 0.04
+    assert all(s != (0.0, 0.0) for s in strains)
+    host = get_host("BP")
+    configs = high_density_configs(host, 3, axis="strain", max_strain=0.02)
+    assert len({c.lattice.strain for c in configs}) == len(configs)
+    assert all(max(map(abs, c.lattice.strain)) <= 0.02 for c in configs)
+    # prefix-stable: the lattice of a configuration does not depend on the plan size
+    more = high_density_configs(host, 5, axis="strain", max_strain=0.02)
+    assert [c.lattice for c in more[:15]] == [c.lattice for c in configs]
+
+
+def test_pbe_lattice_is_table_1_of_the_paper():
+    for name in host_names():
+        if name not in PBE_LATTICE:
+            continue
+        unit = get_host(name).unit_cell
+        ex, ey = pbe_strain(name, unit)
+        lat = Lattice("pbe", (ex, ey), (1, 1))
+        a, b = lat.strained_cell(unit).lengths()[:2]
+        assert (a, b) == pytest.approx(PBE_LATTICE[name], abs=1e-4)
+    assert pbe_strain("BP", get_host("BP").unit_cell)[1] > 0.07  # armchair 7 % short
+    with pytest.raises(ValueError, match="no PBE lattice for 'CuTest'"):
+        pbe_strain("CuTest", cu_host().unit_cell)
+
+
+def test_size_axis_covers_5_to_10_without_the_default():
+    sizes = supercell_sizes((8, 8))
+    assert (8, 8) not in sizes and (5, 5) in sizes and (10, 10) in sizes and (6, 8) in sizes
+    assert all(SIZE_RANGE[0] <= n <= SIZE_RANGE[1] for s in sizes for n in s)
+    configs = high_density_configs(get_host("InSe"), 4, axis="size")
+    for c in configs:
+        n_sites = 4 * c.lattice.repeat[0] * c.lattice.repeat[1]
+        assert c.spec.n_defects == max(1, round(c.concentration * n_sites))
+        assert max(c.spec.defect_sites) < n_sites
+    with pytest.raises(ValueError, match="size axis is high density only"):
+        low_density_configs(get_host("InSe"), 3, axis="size")
+
+
+def test_low_density_for_every_builtin_host():
+    for name in ("hBN", "GaSe", "InSe", "BP"):
+        configs = low_density_configs(get_host(name), 6)
+        assert {c.spec.n_defects for c in configs} <= {1, 2, 3}
+        assert configs[0].config_id == f"{name}-low-00000"
+
+
+def test_relaxed_unit_cell_is_relaxed_at_the_strained_lattice():
+    unit = bulk("Cu", "fcc", a=3.6, cubic=True)
+    unit.positions[1] += [0.1, 0.0, 0.05]
+    before = unit.positions.copy()
+    at = relaxed_unit_cell(unit, (0.02, -0.01), EMT(), fmax=1e-3)
+    assert np.array_equal(unit.positions, before)  # the input is untouched
+    assert at.cell.lengths()[:2] == pytest.approx([3.6 * 1.02, 3.6 * 0.99])
+    at.calc = EMT()
+    assert np.linalg.norm(at.get_forces(), axis=1).max() < 1e-3
+
+
+def test_generate_strain_and_size_axes_record_their_lattice(tmp_path):
+    cu_host()
+    batches = generate.plan_jobs(["CuTest"], 0, 0, batch_size=4,
+                                 counts={("strain", "low"): 3, ("size", "high"): 1})
+    names = sorted({b[0].file for b in batches})
+    assert names == ["CuTest_size_high_000.db", "CuTest_size_high_001.db",
+                     "CuTest_strain_low_000.db"]
+    generate.run(tmp_path / "d", tmp_path / "p", batches, teacher="emt", fmax=0.05, steps=300)
+    with connect(tmp_path / "d" / "CuTest_strain_low_000.db") as db:
+        rows = list(db.select())
+    assert len(rows) == 3
+    for r in rows:
+        assert r.axis == "strain" and r.supercell == "2x2"
+        assert r.lattice_a == pytest.approx(3.6 * (1 + r.strain_xx))
+        assert r.lattice_b == pytest.approx(3.6 * (1 + r.strain_yy))
+        cell = r.toatoms().cell.lengths()
+        assert cell[:2] == pytest.approx([2 * r.lattice_a, 2 * r.lattice_b])
+        assert np.allclose(r.data["pristine_positions"].max(axis=0)[:2] < cell[:2], True)
+    with connect(tmp_path / "d" / "CuTest_size_high_000.db") as db:
+        sizes = {r.supercell for r in db.select()}
+    assert sizes and all(s != "2x2" for s in sizes)
