@@ -9,10 +9,12 @@ Named weights live in the package folder ``ase_definet/weights`` (the repository
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -23,20 +25,34 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .model import DefiNet, DefiNetConfig
+from .validate import check_config
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "ase_definet.checkpoint/1"
 SUFFIX = ".safetensors"
+CHECKSUM_KEY = "sha256"  # metadata key: SHA-256 of the tensors (see tensors_sha256)
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) over the name, dtype, shape and bytes of every tensor, by name."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype!s}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_checkpoint(model: DefiNet, path: str | Path, metadata: dict[str, Any] | None = None
                     ) -> Path:
-    """Write ``model`` and ``metadata`` to ``path`` atomically (temp file + rename)."""
+    """Write ``model`` and ``metadata`` to ``path`` atomically (temp file + rename), with
+    a SHA-256 of the tensors (verified by :func:`load_checkpoint`)."""
     path = Path(path)
-    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()),
-            "metadata": json.dumps(metadata or {}, default=str)}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict()),
+            "metadata": json.dumps(metadata or {}, default=str),
+            CHECKSUM_KEY: tensors_sha256(tensors)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -52,33 +68,100 @@ def save_checkpoint(model: DefiNet, path: str | Path, metadata: dict[str, Any] |
     return path
 
 
-def read_metadata(path: str | Path) -> tuple[DefiNetConfig, dict[str, Any]]:
-    """Config and metadata of a checkpoint file, without loading the tensors."""
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The metadata strings and the tensor shapes of a safetensors file (no tensor data
+    is read)."""
     from safetensors import safe_open
 
-    path = _resolve_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is not a readable DefiNet checkpoint: {err}") from None
+    return meta, shapes
+
+
+def _parse_metadata(path: Path, meta: dict[str, str]) -> tuple[DefiNetConfig, dict[str, Any]]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a DefiNet checkpoint (format {meta.get('format')!r})")
-    return DefiNetConfig.from_dict(json.loads(meta["config"])), json.loads(meta["metadata"])
+    missing = [k for k in ("config", "metadata") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint metadata lacks the key(s) {missing}")
+    parsed = {}
+    for key in ("config", "metadata"):
+        try:
+            parsed[key] = json.loads(meta[key])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: the checkpoint's {key!r} metadata is not valid JSON "
+                             f"({err})") from None
+    try:
+        check_config(parsed["config"])
+        config = DefiNetConfig.from_dict(parsed["config"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: bad checkpoint config: {err}") from None
+    if not isinstance(parsed["metadata"], dict):
+        raise ValueError(f"{path}: the checkpoint's 'metadata' is not a JSON object")
+    return config, parsed["metadata"]
+
+
+def read_metadata(path: str | Path) -> tuple[DefiNetConfig, dict[str, Any]]:
+    """Config and metadata of a checkpoint file, without loading the tensors. The
+    config is checked against sane bounds (:data:`ase_definet.validate.CONFIG_BOUNDS`)."""
+    path = _resolve_path(path)
+    meta, _ = _read_header(path)
+    return _parse_metadata(path, meta)
+
+
+def _check_shapes(path: Path, config: DefiNetConfig, shapes: dict[str, tuple[int, ...]]
+                  ) -> None:
+    """The file's tensor names and shapes must be those of ``config``'s model, checked
+    on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in DefiNet(config).state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the saved config (missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]})")
+    wrong = [(k, shapes[k], v) for k, v in expected.items() if shapes[k] != v]
+    if wrong:
+        k, got, want = wrong[0]
+        raise ValueError(f"{path}: tensor {k} has shape {got}, the saved config needs {want} "
+                         f"({len(wrong)} tensor(s) of the wrong shape)")
+
+
+def _check_tensors(path: Path, state: dict[str, torch.Tensor], digest: str | None) -> None:
+    """The tensors must match the file's checksum (if it has one) and be finite."""
+    if digest is not None and tensors_sha256(state) != digest:
+        raise ValueError(f"{path}: the tensor data does not match the checkpoint's SHA-256 "
+                         "checksum (the file is corrupted); refusing to load it")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: non-finite weights (NaN or inf) in {bad[:5]} "
+                         f"({len(bad)} tensor(s)); the file is corrupted")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[DefiNet, dict[str, Any]]:
     """Rebuild the model saved in ``path`` (a file or a weights name); returns
-    ``(model, metadata)``. The model is in eval mode."""
+    ``(model, metadata)``. The model is in eval mode.
+
+    Before anything is built, the config is checked against sane bounds and against
+    the shapes of the stored tensors; the tensors are then verified against the
+    file's SHA-256 (files written before it was stored: for finiteness only).
+    """
     path = _resolve_path(path)
-    config, meta = read_metadata(path)
+    header, shapes = _read_header(path)
+    config, meta = _parse_metadata(path, header)
+    _check_shapes(path, config, shapes)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable DefiNet checkpoint: {err}") from None
+    _check_tensors(path, state, header.get(CHECKSUM_KEY))
     model = DefiNet(config)
-    state = load_file(str(path), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the saved config "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.load_state_dict(state)
     model.metadata = meta
     return model.to(device).eval(), meta
 

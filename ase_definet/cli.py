@@ -25,15 +25,29 @@ def write_atomic(path: str | Path, atoms, fmt: str | None = None) -> None:
     existing file is replaced only by a complete new one."""
     from ase.io import write
 
+    from .validate import check_finite
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    check_finite(atoms.positions, f"position in the structure for {path}")
+    tmp = _temp_beside(path)
     try:
         write(tmp, atoms, format=fmt or _format_of(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temp_beside(path: str | Path) -> str:
+    """A new empty temporary file in the folder of ``path``, with its suffix and the
+    usual file mode (mkstemp makes 0600)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
 
 
 def _format_of(path: Path) -> str | None:
@@ -70,13 +84,26 @@ def _read_inputs(args: argparse.Namespace):
 
 def cmd_relax(args: argparse.Namespace) -> int:
     from .relaxer import DefiNetRelaxer
+    from .validate import check_output
 
+    check_output(args.output, args.format)  # before any work
+    if args.trajectory:
+        check_output(args.trajectory, "traj")
     atoms, defects, pristine = _read_inputs(args)
-    with DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
-                        device=args.device, logfile=None if args.quiet else "-",
-                        trajectory=args.trajectory, stages=args.stages) as relaxer:
-        relaxer.run()
-        write_atomic(args.output, relaxer.atoms, args.format)
+    # the trajectory goes to a temporary file, renamed only on success: a failed run
+    # leaves an existing file of that name as it was
+    traj = _temp_beside(args.trajectory) if args.trajectory else None
+    try:
+        with DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
+                            device=args.device, logfile=None if args.quiet else "-",
+                            trajectory=traj, stages=args.stages) as relaxer:
+            relaxer.run()
+            write_atomic(args.output, relaxer.atoms, args.format)
+        if traj:
+            os.replace(traj, args.trajectory)
+    finally:
+        if traj:
+            Path(traj).unlink(missing_ok=True)
     logger.info("wrote %s (%d atoms; %s)", args.output, len(relaxer.atoms),
                 relaxer.todict()["defects"])
     return 0

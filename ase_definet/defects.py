@@ -76,8 +76,15 @@ class DefectSpec:
         if unknown:
             raise ValueError(f"unknown key(s) in defect spec: {sorted(unknown)}; "
                              "expected 'vacancies' and/or 'substitutions'")
-        vac = spec.get("vacancies") or ()
-        subs = spec.get("substitutions") or {}
+        vac = spec.get("vacancies")
+        subs = spec.get("substitutions")
+        vac = () if vac is None else vac
+        subs = {} if subs is None else subs
+        if isinstance(vac, np.ndarray):  # a numpy array of site indices (or one index)
+            if vac.ndim > 1:
+                raise ValueError(f"'vacancies' must be a list of site indices, got an "
+                                 f"array of shape {vac.shape}")
+            vac = vac.reshape(-1).tolist()
         if isinstance(vac, (int, np.integer)):
             vac = (vac,)
         if not isinstance(subs, Mapping):
@@ -103,6 +110,11 @@ class DefectSpec:
             raise ValueError(f"site index(es) {bad} out of range for a host of {n} sites")
         if n - len(self.vacancies) == 0:
             raise ValueError("every site of the host is vacant")
+        same = [i for i, z in self.substitutions.items() if host.numbers[i] == z]
+        if same:
+            raise ValueError(f"site {same[0]} is {chemical_symbols[host.numbers[same[0]]]} "
+                             f"already: substituting an element by itself is no defect "
+                             f"(site(s) {same}); leave them out of the substitutions")
         if elements is not None:
             known = set(int(z) for z in elements)
             numbers = self.defective_numbers(host)

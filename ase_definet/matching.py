@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from .defects import DefectSpec
-from .graph.neighbors import check_cell
+from .graph.neighbors import check_cell, complete_cell
 
 DEFAULT_TOLERANCE = 1.0  # Å: largest displacement of an atom from its pristine site
 
@@ -66,7 +66,7 @@ def match_to_host(defective: Atoms, pristine: Atoms,
                          f"atoms, the host only {m} sites (interstitials are not supported)")
     if n == 0:
         raise ValueError("the defective structure has no atoms")
-    cell = pristine.cell[:]
+    cell = complete_cell(pristine.cell[:], pristine.pbc)  # a 2D slab may have no c vector
     inv = np.linalg.inv(cell)
     pbc = pristine.pbc
 

@@ -11,6 +11,7 @@ import torch
 from .graph import collate
 from .model import DefiNet
 from .structure import DefectStructure
+from .validate import check_prediction
 
 
 def model_dtype(model: DefiNet) -> torch.dtype:
@@ -73,5 +74,8 @@ def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
     finally:
         model.train(was_training)
     sizes = np.cumsum([0] + [g.n_sites for g in graphs])
-    return [s.site_positions + out[..., a:b, :]
-            for s, a, b in zip(structures, sizes[:-1], sizes[1:])]
+    result = [s.site_positions + out[..., a:b, :]
+              for s, a, b in zip(structures, sizes[:-1], sizes[1:])]
+    for k, positions in enumerate(result):
+        check_prediction(positions, k)
+    return result

@@ -214,7 +214,9 @@ class DefiNetRelaxer(IOContext):
 def _auto_structure(atoms: Atoms, elements: list[int], tolerance: float) -> DefectStructure:
     """Neither defects nor pristine given: try the registered hosts, else no markers."""
     from .data.hosts import find_host
+    from .validate import check_atoms
 
+    check_atoms(atoms)
     found = find_host(atoms, tolerance)
     if found is not None:
         host, pristine = found

@@ -12,6 +12,7 @@ from .defects import DefectSpec, SpecLike
 from .graph import Graph, build_graph
 from .graph.neighbors import check_cell
 from .matching import DEFAULT_TOLERANCE, check_same_cell, match_to_host
+from .validate import check_atoms, check_min_distance
 
 
 @dataclass
@@ -42,9 +43,11 @@ class DefectStructure:
     def from_host(cls, host: Atoms, defects: SpecLike,
                   elements: list[int] | None = None) -> DefectStructure:
         """Pristine host plus a spec: the defective atoms start at their pristine sites."""
+        check_atoms(host, "host")
         check_cell(host.cell[:], host.pbc)
         spec = DefectSpec.from_any(defects)
         spec.validate(host, elements)
+        check_min_distance(host.positions, host.cell[:], host.pbc, "host")
         idx = spec.site_index(len(host))
         return cls(pristine=_plain_copy(host), spec=spec, site_positions=host.positions.copy(),
                    atom_sites=idx, offsets=np.zeros((len(idx), 3)))
@@ -54,8 +57,12 @@ class DefectStructure:
                   elements: list[int] | None = None,
                   tolerance: float = DEFAULT_TOLERANCE) -> DefectStructure:
         """Defective structure (any order, wrapped or relaxed) plus its pristine host."""
+        check_atoms(defective, "defective structure")
+        check_atoms(pristine, "pristine host")
         match = match_to_host(defective, pristine, tolerance)
         match.spec.validate(pristine, elements)
+        for at, what in ((pristine, "pristine host"), (defective, "defective structure")):
+            check_min_distance(at.positions, pristine.cell[:], pristine.pbc, what)
         pos = pristine.positions.copy()
         pos[match.site_index] += match.offsets
         return cls(pristine=_plain_copy(pristine), spec=match.spec, site_positions=pos,

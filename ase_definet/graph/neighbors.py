@@ -15,19 +15,42 @@ SHELL_TOL = 1e-3  # Å: neighbours closer than this in distance belong to one sh
 
 
 def check_cell(cell: np.ndarray, pbc: np.ndarray) -> None:
-    """Raise ``ValueError`` for a non-periodic or degenerate cell."""
+    """Raise ``ValueError`` for a non-periodic or degenerate cell.
+
+    Only periodic directions need a lattice vector: a 2D slab with ``pbc=[True, True,
+    False]`` and a zero third vector (``ase.build.mx2()`` without vacuum) is valid.
+    """
     cell = np.asarray(cell, dtype=float)
     pbc = np.asarray(pbc, dtype=bool)
+    if not np.isfinite(cell).all():
+        raise ValueError("non-finite cell (NaN or inf in a lattice vector)")
     if not pbc.any():
         raise ValueError("the structure is not periodic (pbc is False in every direction); "
                          "DefiNet needs a periodic host cell")
     lengths = np.linalg.norm(cell, axis=1)
-    if (lengths < 1e-6).any():
-        raise ValueError(f"degenerate cell: lattice vector length(s) {lengths.round(4).tolist()} Å")
-    vol = abs(np.linalg.det(cell))
-    if vol < 1e-6 * lengths.prod():
+    if (lengths[pbc] < 1e-6).any():
+        raise ValueError(f"degenerate cell: lattice vector length(s) {lengths.round(4).tolist()} Å "
+                         f"(pbc {pbc.tolist()}: every periodic direction needs a vector)")
+    full = complete_cell(cell, pbc)
+    vol = abs(np.linalg.det(full))
+    if vol < 1e-6 * np.linalg.norm(full, axis=1).prod():
         raise ValueError(f"degenerate cell: the lattice vectors are (nearly) coplanar "
                          f"(volume {vol:.3g} Å^3)")
+
+
+def complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """``cell`` (3, 3) Å with each zero-length vector of a non-periodic direction
+    replaced by a unit vector orthogonal to the others (a copy; no periodic vector
+    changes). Non-periodic vectors carry no length, but the neighbour list and
+    fractional coordinates need an invertible matrix."""
+    from ase.geometry import complete_cell as _complete
+
+    cell = np.array(cell, dtype=float)
+    zero = (np.linalg.norm(cell, axis=1) < 1e-6) & ~np.asarray(pbc, dtype=bool)
+    if zero.any():
+        cell[zero] = 0.0
+        cell = np.asarray(_complete(cell), dtype=float)
+    return cell
 
 
 def neighbor_graph(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
@@ -53,8 +76,10 @@ def neighbor_graph(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
     cell = np.asarray(cell, dtype=float)
     pbc = np.asarray(pbc, dtype=bool)
     check_cell(cell, pbc)
-    i, j, d, S = neighbour_list("ijdS", positions=positions, cell=cell, pbc=pbc,
-                                cutoff=float(cutoff))
+    if not np.isfinite(positions).all():
+        raise ValueError("non-finite positions (NaN or inf): no neighbour list")
+    i, j, d, S = neighbour_list("ijdS", positions=positions, cell=complete_cell(cell, pbc),
+                                pbc=pbc, cutoff=float(cutoff))
     order = np.lexsort((d, i))
     i, j, d, S = i[order], j[order], d[order], S[order]
     if max_neighbors is not None and len(i):
