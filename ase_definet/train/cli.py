@@ -149,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..checkpoint import get_model
     from ..model import DefiNet, DefiNetConfig
     from .card import write_model_card
-    from .trainer import TrainConfig, Trainer
+    from .trainer import TrainConfig, Trainer, read_settings, with_saved_settings
 
     keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
             "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "input_noise",
@@ -164,6 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if init_from:
         overrides["init_from"] = init_from
     cfg = TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)
+    # a resume takes the saved run's settings for those not given (conflicts are refused)
+    given = set(overrides) | (set(read_settings(args.config)) if args.config else set())
+    cfg = with_saved_settings(cfg, given)
     model_over = {k: getattr(args, k) for k in ("hidden", "layers", "max_neighbors", "n_rbf",
                                                 "cutoff", "axial_global")
                   if getattr(args, k) is not None}

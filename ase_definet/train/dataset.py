@@ -231,8 +231,12 @@ def load_dataset(paths: Sequence[str | Path], cutoff: float, max_neighbors: int 
     if cache_dir is not None:
         cache = Path(cache_dir) / f"graphs-{cache_key(files, cutoff, max_neighbors)}.pt"
         if cache.exists():
-            return PairDataset([_sample_from_dict(d) for d in
-                                torch.load(cache, weights_only=True)])
+            try:
+                return PairDataset([_sample_from_dict(d) for d in
+                                    torch.load(cache, weights_only=True)])
+            except Exception as err:  # noqa: BLE001  a corrupt cache is rebuilt, not fatal
+                logger.warning("graph cache %s is unreadable (%s: %s); rebuilding it", cache,
+                               type(err).__name__, str(err).split(". ")[0])
     ds = PairDataset.from_pairs(iter_pairs(files), cutoff, max_neighbors, progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -26,10 +26,12 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -94,18 +96,76 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        path = Path(path)
-        if path.suffix == ".toml":
-            import tomllib
-
-            d = tomllib.loads(path.read_text())
-        else:
-            d = json.loads(path.read_text())
+        d = read_settings(path)
         d.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown training setting(s) in {path}: {sorted(unknown)}")
         return cls(**d)
+
+
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The settings of a JSON or TOML training configuration file, as given."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+# settings of an invocation, not of the run: never taken over from a saved run
+RUNTIME_SETTINGS = frozenset({"out", "device", "threads", "max_hours", "compile", "cache_dir"})
+# settings a resumed run may change (a longer run, more patience, another machine);
+# `data` and `model` are compared through their content (pairs, model configuration)
+RESUMABLE_CHANGES = RUNTIME_SETTINGS | {"epochs", "early_stop", "description"}
+_STATE_KEYS = ("model", "ema", "opt", "sched", "gen", "torch_rng", "epoch", "best",
+               "bad_epochs", "history", "model_config")
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """A ``last.pt`` training state (weights only, no code unpickled); ``ValueError``
+    naming the file if it is corrupt or no training state. The file is never touched."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  zip, pickle, EOF and OS errors alike
+        reason = f"{type(err).__name__}: {str(err).split('. ')[0]}"
+        raise ValueError(f"{path} is corrupt or unreadable ({reason}); it was left as it "
+                         "is: delete it to start the run over, or use another --out "
+                         "folder") from None
+    missing = [k for k in _STATE_KEYS if k not in state] if isinstance(state, dict) else ["all"]
+    if missing:
+        raise ValueError(f"{path} is corrupt or unreadable (not a training state: lacks "
+                         f"{missing}); it was left as it is: delete it to start the run "
+                         "over, or use another --out folder")
+    return state
+
+
+def with_saved_settings(cfg: TrainConfig, given: Iterable[str]) -> TrainConfig:
+    """On a resume (``cfg.out`` holds ``last.pt``): ``cfg`` with the saved run's value
+    of every setting not ``given`` explicitly (runtime settings excepted), so that a
+    resume needs no repetition; given ones that conflict are refused by
+    :meth:`Trainer.try_resume`. Unchanged without ``last.pt``."""
+    last = Path(cfg.out) / "last.pt"
+    if not last.exists():
+        return cfg
+    saved = load_training_state(last).get("train_config") or {}
+    given = set(given)
+    taken = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__
+             and k not in given and k not in RUNTIME_SETTINGS}
+    return dataclasses.replace(cfg, **taken)
+
+
+def dataset_fingerprint(ds: PairDataset) -> str:
+    """SHA-256 of a dataset's pairs in order (elements, markers, start and target
+    coordinates, cell): which pairs a run trained or selected its best epoch on."""
+    h = hashlib.sha256(str(len(ds)).encode())
+    for s in ds.samples:
+        g = s.graph
+        for a in (g.numbers, g.markers, g.positions, g.cell, s.target, s.mask):
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 class EMA:
@@ -224,6 +284,9 @@ class Trainer:
         if not config.input_noise >= 0:
             raise ValueError(f"input_noise must be >= 0 Å, got {config.input_noise}")
         self.cfg = config
+        # the pairs as given (before staging): a resume must train and select on these
+        self.data_fingerprint = {"train": dataset_fingerprint(train),
+                                 "val": dataset_fingerprint(val)}
         self.rank, self.world, self.device = _dist_setup(resolve_device(config.device))
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -299,7 +362,7 @@ class Trainer:
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
                 "history": self.history, "model_config": self.model.config.to_dict(),
-                "frozen_stages": self.frozen,
+                "frozen_stages": self.frozen, "data_fingerprint": self.data_fingerprint,
                 "train_config": asdict(self.cfg)}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
@@ -316,11 +379,15 @@ class Trainer:
         self.bad_epochs, self.history = int(s["bad_epochs"]), list(s["history"])
 
     def try_resume(self) -> bool:
-        """Load ``out/last.pt`` if it exists (weights only, no code is unpickled)."""
+        """Load ``out/last.pt`` if it exists (weights only, no code is unpickled).
+
+        Refused (``ValueError``, nothing written) when the saved run used another model,
+        other settings (those in :data:`RESUMABLE_CHANGES` may change) or other
+        training or validation pairs, or when ``last.pt`` is corrupt."""
         last = self.out / "last.pt"
         if not last.exists():
             return False
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        state = load_training_state(last)
         # through from_dict, a state saved before a newer field existed reads as its default
         saved = DefiNetConfig.from_dict(state["model_config"]).to_dict()
         if saved != self.model.config.to_dict():
@@ -331,10 +398,69 @@ class Trainer:
             raise ValueError(f"{last} trained its stage on the predictions of other frozen "
                              "stages than those given now; use the same --from, or another "
                              "--out folder")
-        self.load_state_dict(state)
+        self._check_same_run(last, state)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise ValueError(f"{last} is corrupt or unreadable ({type(err).__name__}: "
+                             f"{err}); delete it to start the run over, or use another "
+                             "--out folder") from None
         logger.info("resumed from %s at epoch %d (best val MAE %.4f Å)", last, self.epoch,
                     self.best)
         return True
+
+    def _check_same_run(self, last: Path, state: dict[str, Any]) -> None:
+        """Refuse a resume with other settings or other pairs than the saved run's."""
+        fingerprint = state.get("data_fingerprint")
+        saved, now = state.get("train_config") or {}, asdict(self.cfg)
+        skip = RESUMABLE_CHANGES | {"model"} | ({"data"} if fingerprint else set())
+        diff = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in sorted(saved)
+                if k in now and k not in skip and saved[k] != now[k]]
+        if diff:
+            raise ValueError(f"{last} was trained with other settings: {', '.join(diff)}; "
+                             "resume with the saved settings (leave them out, or give the "
+                             "same), or use another --out folder to start a new run")
+        for part, name in (("train", "training"), ("val", "validation")):
+            if fingerprint and fingerprint.get(part) != self.data_fingerprint[part]:
+                raise ValueError(
+                    f"{last} was trained on other {name} pairs than those given now "
+                    "(another --data, --material or split?); resuming would "
+                    + ("train on other pairs" if part == "train" else
+                       "select the best epoch on another validation set")
+                    + ": give the same pairs, or use another --out folder")
+
+    def _trim_log(self) -> None:
+        """Make ``log.csv`` agree with the training state: drop the rows of epochs after
+        the last saved one (a run killed between its log row and ``last.pt``) and
+        repeated epochs."""
+        path = self.out / "log.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, fields = list(reader), reader.fieldnames
+        keep, seen = [], set()
+        for row in rows:
+            try:
+                epoch = int(float(row.get("epoch") or "nan"))
+            except ValueError:
+                continue
+            if epoch <= self.epoch and epoch not in seen:
+                seen.add(epoch)
+                keep.append(row)
+        if len(keep) == len(rows):
+            return
+        logger.info("log.csv: dropped %d row(s) past the saved epoch %d", len(rows) - len(keep),
+                    self.epoch)
+        if not keep:
+            path.unlink()
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, path)
 
     def _save_atomic(self, obj: Any, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -389,6 +515,7 @@ class Trainer:
         """Run until ``epochs``, early stopping or ``max_hours``; returns the best metrics."""
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
+            self._trim_log()
             (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
         t_start = time.time()
         while self.epoch < self.cfg.epochs and self.bad_epochs < self.cfg.early_stop:
