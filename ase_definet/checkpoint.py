@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from functools import lru_cache
@@ -115,10 +116,45 @@ def read_metadata(path: str | Path) -> tuple[DefiNetConfig, dict[str, Any]]:
 
 def _check_shapes(path: Path, config: DefiNetConfig, shapes: dict[str, tuple[int, ...]]
                   ) -> None:
-    """The file's tensor names and shapes must be those of ``config``'s model, checked
-    on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in DefiNet(config).state_dict().items()}
+    """The tensors that fix every dimension of the model (embeddings, radial basis,
+    layer and stage counts) must fit ``config``, so that the model built from it is no
+    larger than the file's own tensors. No tensor is read or allocated."""
+    F, n_el = config.hidden, len(config.elements)
+
+    def count(pattern: str) -> int:
+        return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
+
+    problems = []
+    n_stages = count(r"refiners\.(\d+)\.")
+    if n_stages != config.refine:
+        problems.append(f"refine={config.refine}, but the file holds {n_stages} refinement "
+                        "stage(s)")
+    for p in ["", *(f"refiners.{r}." for r in range(min(n_stages, config.refine)))]:
+        n_layers = count(re.escape(p) + r"layers\.(\d+)\.")
+        if n_layers != config.layers:
+            problems.append(f"layers={config.layers}, but the file holds {n_layers} "
+                            f"layer(s) in {p or 'the first stage'}")
+        want = {f"{p}element_embedding.weight": (n_el, F),
+                f"{p}marker_embedding.weight": (3, F), f"{p}global_scalar": (F,),
+                f"{p}layers.0.msg_rbf.weight": (3 * F, config.n_rbf)}
+        for k, shape in want.items():
+            if k not in shapes:
+                problems.append(f"tensor {k} is missing")
+            elif shapes[k] != shape:
+                problems.append(f"tensor {k} has shape {shapes[k]}, the saved config needs "
+                                f"{shape}")
+        if (f"{p}layers.0.ax_c.weight" in shapes) != config.axial_global:
+            problems.append(f"axial_global={config.axial_global} does not match the tensors")
+    if problems:
+        raise ValueError(f"{path}: weights do not fit the saved config: {problems[0]}"
+                         + (f" ({len(problems) - 1} more problem(s))" if len(problems) > 1
+                            else ""))
+
+
+def _check_state_shapes(path: Path, model: DefiNet, shapes: dict[str, tuple[int, ...]]
+                        ) -> None:
+    """Every tensor name and shape of the built ``model`` must be the file's."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
@@ -127,8 +163,9 @@ def _check_shapes(path: Path, config: DefiNetConfig, shapes: dict[str, tuple[int
     wrong = [(k, shapes[k], v) for k, v in expected.items() if shapes[k] != v]
     if wrong:
         k, got, want = wrong[0]
-        raise ValueError(f"{path}: tensor {k} has shape {got}, the saved config needs {want} "
-                         f"({len(wrong)} tensor(s) of the wrong shape)")
+        raise ValueError(f"{path}: weights do not fit the saved config: tensor {k} has "
+                         f"shape {got}, the saved config needs {want} ({len(wrong)} "
+                         "tensor(s) of the wrong shape)")
 
 
 def _check_tensors(path: Path, state: dict[str, torch.Tensor], digest: str | None) -> None:
@@ -161,6 +198,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         raise ValueError(f"{path} is not a readable DefiNet checkpoint: {err}") from None
     _check_tensors(path, state, header.get(CHECKSUM_KEY))
     model = DefiNet(config)
+    _check_state_shapes(path, model, shapes)
     model.load_state_dict(state)
     model.metadata = meta
     return model.to(device).eval(), meta

@@ -14,8 +14,13 @@ from ase.build import mx2
 from ase.io import write
 from safetensors.torch import save_file
 
-from ase_definet import DefectSpec, DefectStructure, DefiNetRelaxer, load_checkpoint
-from ase_definet import save_checkpoint
+from ase_definet import (
+    DefectSpec,
+    DefectStructure,
+    DefiNetRelaxer,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ase_definet.batch import relax_many
 from ase_definet.checkpoint import FORMAT, read_metadata
 from ase_definet.cli import main as cli
@@ -264,15 +269,23 @@ def test_insane_metadata_is_refused_before_building(tmp_path, monkeypatch, chang
 
 def test_metadata_that_does_not_fit_the_tensors_is_refused(tmp_path, monkeypatch):
     tensors, config = _tiny_tensors()
-    for change, msg in (({"hidden": 64}, "shape"), ({"layers": 4}, "missing"),
-                        ({"n_rbf": 16}, "shape"), ({"refine": 1}, "missing")):
+    for change, msg in (({"hidden": 64}, r"tensor element_embedding.weight has shape \(94, 32\)"),
+                        ({"layers": 4}, "layers=4, but the file holds 3"),
+                        ({"n_rbf": 16}, r"tensor layers.0.msg_rbf.weight has shape \(96, 32\)"),
+                        ({"refine": 1}, "refine=1, but the file holds 0"),
+                        ({"axial_global": True}, "axial_global"),
+                        ({"elements": [16, 42]}, r"tensor element_embedding.weight .* needs \(2, 32\)")):
         path = _raw_checkpoint(tmp_path / "m.safetensors", tensors, {**config, **change})
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(ValueError, match=f"weights do not fit the saved config: {msg}"):
             load_checkpoint(path)
     wrong = dict(tensors)
     wrong["marker_embedding.weight"] = torch.zeros(5, 32)
     path = _raw_checkpoint(tmp_path / "w.safetensors", wrong, config)
     with pytest.raises(ValueError, match=r"marker_embedding.weight.*\(5, 32\).*\(3, 32\)"):
+        load_checkpoint(path)
+    wrong = {**tensors, "layers.1.V.weight": torch.zeros(32, 16)}  # found once built
+    path = _raw_checkpoint(tmp_path / "w.safetensors", wrong, config)
+    with pytest.raises(ValueError, match=r"layers.1.V.weight has shape \(32, 16\)"):
         load_checkpoint(path)
     for drop in ("config", "metadata", "format"):
         meta = {"format": FORMAT, "config": json.dumps(config), "metadata": "{}"}

@@ -32,3 +32,15 @@ def test_default_model_is_the_relaxer_default_and_moves_atoms_near_defects(capsy
     assert d[near].mean() > 2 * d[~near].mean()  # a trained model relaxes the defect region
     assert cli(["demo"]) == 0
     assert "Atoms that moved most" in capsys.readouterr().out
+
+
+def test_default_weights_carry_a_verified_checksum():
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ase_definet.checkpoint import tensors_sha256
+
+    path = str(weights_dir().joinpath("default.safetensors"))
+    with safe_open(path, framework="pt") as f:
+        digest = f.metadata()["sha256"]
+    assert tensors_sha256(load_file(path)) == digest  # what load_checkpoint verifies
