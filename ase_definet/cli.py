@@ -5,6 +5,7 @@
     definet relax host.cif --vacancies 3 7 --substitute 0:W -o relaxed.extxyz
     definet info default
     definet generate ...   definet train ...   definet finetune ...   definet evaluate ...
+    definet pairs 'runs/*/vasprun.xml' --pristine host.cif -o my_pairs.db
 """
 
 from __future__ import annotations
@@ -214,8 +215,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher name of the --verify calculator (default: CHGNet's own, "
                    "unpatched calculator)")
     s.set_defaults(func=_run_summary)
+    pr = sub.add_parser("pairs", help="convert relaxation runs (VASP, ASE trajectories) into "
+                        "an ase.db of training pairs")
+    pr.add_argument("runs", nargs="+", help="vasprun.xml or OUTCAR files, folders with "
+                    "POSCAR+CONTCAR, .traj files, or folders/quoted globs of them")
+    pr.add_argument("--pristine", nargs="+", required=True, metavar="HOST",
+                    help="pristine host(s): one file, or one per material")
+    pr.add_argument("-o", "--output", required=True, help="ase.db file (appended to; runs "
+                    "already in it are not written again)")
+    pr.add_argument("--format", dest="fmt", default="auto", choices=["auto", "runs"],
+                    help="runs: also read .extxyz/.xyz files in folders as one run each")
+    pr.add_argument("--fmax", type=float, help="eV/Å: skip trajectories whose last forces "
+                    "exceed it (their files state no criterion)")
+    pr.add_argument("--val-fraction", type=float, default=0.0, help="share of new pairs "
+                    "marked split=val (default 0: no split)")
+    pr.add_argument("--test-fraction", type=float, default=0.0, help="share marked split=test")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the split")
+    pr.set_defaults(func=_run_pairs)
     _add_training_commands(sub)
     return p
+
+
+def _run_pairs(args: argparse.Namespace) -> int:
+    from .data.runs import write_runs_db
+
+    n, report = write_runs_db(args.runs, args.pristine, args.output, fmt=args.fmt,
+                              fmax=args.fmax, val_fraction=args.val_fraction,
+                              test_fraction=args.test_fraction, seed=args.seed)
+    print(f"{report.summary()}; wrote {n} pair(s) to {args.output}")
+    return 0 if report.accepted or not report.skipped else 1
 
 
 def _run_summary(args: argparse.Namespace) -> int:

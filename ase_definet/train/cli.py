@@ -9,16 +9,27 @@ from typing import Any
 
 import torch
 
-from .dataset import PairDataset, load_dataset, load_pairs
+from .dataset import FORMATS, PairDataset, detect_format, load_dataset, load_pairs
 
 logger = logging.getLogger(__name__)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", nargs="+", help="ase.db files/folders/globs, a 2DMD root, or "
-                   "an extxyz file of (unrelaxed, relaxed) frames (with --pristine)")
-    p.add_argument("--pristine", help="pristine host for extxyz pairs")
-    p.add_argument("--format", dest="fmt", default="auto", choices=["auto", "db", "2dmd", "extxyz"])
+    p.add_argument("--data", nargs="+",
+                   help="relaxation runs with --pristine (vasprun.xml, OUTCAR, folders with "
+                   "POSCAR+CONTCAR, ASE .traj files; folders and quoted globs of them, e.g. "
+                   "'runs/*/vasprun.xml'), ase.db files/folders/globs, a 2DMD root, or "
+                   "extxyz files of alternating (unrelaxed, relaxed) frames with --pristine")
+    p.add_argument("--pristine", nargs="+", metavar="HOST",
+                   help="pristine host(s) of runs and extxyz pairs: one file, or one per "
+                   "material (each run takes the first host its cell and sites match)")
+    p.add_argument("--format", dest="fmt", default="auto", choices=list(FORMATS),
+                   help="auto: .db -> db; with --pristine, .extxyz/.xyz files -> extxyz "
+                   "(alternating pairs), anything else -> runs; runs also reads extxyz "
+                   "files as one run each")
+    p.add_argument("--fmax", type=float, metavar="EV_PER_A",
+                   help="for runs whose files state no convergence criterion (trajectories): "
+                   "skip those whose last forces exceed this")
     p.add_argument("--material", help="only pairs of this material")
     p.add_argument("--cache-dir", help="cache built graphs here (ase.db sources)")
 
@@ -102,18 +113,17 @@ def add_commands(sub) -> None:
 
 
 def build_datasets(data: list[str], cutoff: float, max_neighbors: int | None, *,
-                   pristine: str | None = None, fmt: str = "auto", material: str | None = None,
-                   cache_dir: str | None = None, seed: int = 0,
-                   val_fraction: float = 0.1) -> tuple[PairDataset, PairDataset, PairDataset]:
+                   pristine: str | list[str] | None = None, fmt: str = "auto",
+                   material: str | None = None, cache_dir: str | None = None, seed: int = 0,
+                   val_fraction: float = 0.1, fmax: float | None = None
+                   ) -> tuple[PairDataset, PairDataset, PairDataset]:
     """(train, val, test) datasets; pairs without a split are split at random by ``seed``."""
-    first = Path(data[0])
-    is_db = fmt == "db" or (fmt == "auto" and pristine is None and (
-        first.suffix == ".db" or (first.is_dir() and list(first.glob("*.db")))
-        or any(c in data[0] for c in "*?[")))
-    if is_db:
+    if pristine is not None and not isinstance(pristine, (str, Path)) and len(pristine) == 1:
+        pristine = pristine[0]
+    if (fmt if fmt != "auto" else detect_format(data, pristine)) == "db":
         full = load_dataset(data, cutoff, max_neighbors, cache_dir)
     else:
-        pairs = load_pairs(data if len(data) > 1 else data[0], pristine=pristine, fmt=fmt)
+        pairs = load_pairs(data, pristine=pristine, fmt=fmt, fmax=fmax)
         full = PairDataset.from_pairs(pairs, cutoff, max_neighbors)
     if material:
         full = full.subset(material=material)
@@ -219,13 +229,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, val, test = build_datasets(cfg.data, cutoff, max_nb, pristine=args.pristine,
                                       fmt=args.fmt, material=args.material,
                                       cache_dir=cfg.cache_dir, seed=cfg.seed,
-                                      val_fraction=args.val_fraction)
+                                      val_fraction=args.val_fraction, fmax=args.fmax)
     logger.info("pairs: %d train, %d val, %d test", len(train), len(val), len(test))
     files = []
-    if all(Path(d).is_dir() or d.endswith(".db") for d in cfg.data) and args.fmt in ("auto", "db"):
+    if (args.fmt if args.fmt != "auto" else detect_format(cfg.data, args.pristine)) == "db":
         from .dataset import expand_paths
 
         files = [p.name for p in expand_paths(cfg.data)]
+    else:  # runs and extxyz pairs: the files the pairs came from
+        files = sorted({str(s.info["source"]) for s in train.samples + val.samples
+                        if "source" in s.info})
+        if len(files) > 100:  # keep the checkpoint's metadata small
+            files = files[:100] + [f"... and {len(files) - 100} more"]
     meta = {"data": {"sources": [str(d) for d in cfg.data], "files": files,
                      "description": cfg.description, "n_train": len(train),
                      "n_val": len(val), "n_test": len(test),
@@ -241,8 +256,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.rank == 0 and (Path(cfg.out) / "best.safetensors").exists():
         write_model_card(Path(cfg.out) / "best.safetensors", test_set=test or None,
                          device=trainer.device)
-    logger.info("best validation MAE %.4f Å after %d epochs; weights in %s",
-                result["best_val_mae"], result["epochs"], Path(cfg.out) / "best.safetensors")
+    start = result.get("start_val_mae")
+    logger.info("best validation MAE %.4f Å after %d epochs%s; weights in %s",
+                result["best_val_mae"], result["epochs"],
+                f" (the starting checkpoint's: {start:.4f} Å)" if cfg.init_from and start
+                is not None else "", Path(cfg.out) / "best.safetensors")
     return 0
 
 
@@ -255,7 +273,8 @@ def cmd_card(args: argparse.Namespace) -> int:
     if args.data:
         train, val, test = build_datasets(args.data, cfg.cutoff, cfg.max_neighbors,
                                           pristine=args.pristine, fmt=args.fmt,
-                                          material=args.material, cache_dir=args.cache_dir)
+                                          material=args.material, cache_dir=args.cache_dir,
+                                          fmax=args.fmax)
         if len(test) == 0:  # pairs without a split: evaluate on all of them
             test = PairDataset(train.samples + val.samples)
     notes = Path(args.notes).read_text() if args.notes else ""
@@ -272,7 +291,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     train, val, test = build_datasets(args.data or ["data"], model.cutoff,
                                       model.max_neighbors, pristine=args.pristine,
                                       fmt=args.fmt, material=args.material,
-                                      cache_dir=args.cache_dir, val_fraction=0.0)
+                                      cache_dir=args.cache_dir, val_fraction=0.0,
+                                      fmax=args.fmax)
     sets = {"train": train, "val": val, "test": test,
             "all": PairDataset(train.samples + val.samples + test.samples)}
     if args.split not in sets:

@@ -1,8 +1,10 @@
 """Training pairs as graphs: built once, cached, batched.
 
 Sources: ``ase.db`` files of the pair schema (:mod:`ase_definet.data.store`), the real
-2DMD folder layout (:mod:`ase_definet.data.twodmd`), and extxyz files of alternating
-(unrelaxed, relaxed) frames plus a pristine host.
+2DMD folder layout (:mod:`ase_definet.data.twodmd`), relaxation runs (vasprun.xml,
+OUTCAR, POSCAR/CONTCAR folders, ASE trajectories; :mod:`ase_definet.data.runs`) and
+extxyz files of alternating (unrelaxed, relaxed) frames, the last two with their
+pristine host(s).
 """
 
 from __future__ import annotations
@@ -170,12 +172,42 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def read_extxyz_pairs(path: str | Path, pristine: Atoms | str | Path,
+FORMATS = ("auto", "db", "2dmd", "runs", "extxyz")
+
+
+def detect_format(sources: Sequence[str | Path], pristine: Any = None) -> str:
+    """The data format of ``sources``: ``db`` (ase.db files, folders of them, globs of
+    them), ``extxyz`` (alternating-frame .extxyz/.xyz files, with a host), ``runs``
+    (relaxation runs, with a host) or ``2dmd`` (a 2DMD root folder)."""
+    first = str(sources[0])
+    path = Path(first)
+    has_glob = any(c in first for c in "*?[")
+    if path.suffix == ".db" or (path.is_dir() and any(path.glob("*.db"))):
+        return "db"
+    if pristine is None:
+        if not has_glob and not path.exists():
+            return "db"  # expand_paths names the missing path
+        if has_glob and all(Path(x).suffix == ".db" for x in glob.glob(first)):
+            return "db"
+        if path.is_dir():
+            return "2dmd"
+        raise ValueError(f"{first}: relaxation runs and extxyz pairs need their pristine "
+                         "host (--pristine)")
+    if all(Path(str(s)).suffix in (".extxyz", ".xyz") and not any(c in str(s) for c in "*?[")
+           for s in sources):
+        return "extxyz"
+    return "runs"
+
+
+def read_extxyz_pairs(path: str | Path, pristine: Atoms | str | Path | Sequence,
                       tolerance: float = DEFAULT_TOLERANCE) -> list[Pair]:
     """Pairs from an extxyz (or any ase.io) file of alternating unrelaxed and relaxed
-    frames, with the pristine host given separately. Atoms of a relaxed frame are in
-    the order of the unrelaxed frame before it."""
-    host = read(pristine) if not isinstance(pristine, Atoms) else pristine
+    frames, with the pristine host (or several: each pair takes the first whose cell
+    and sites match) given separately. Atoms of a relaxed frame are in the order of the
+    unrelaxed frame before it."""
+    from ..data.runs import load_hosts, match_run
+
+    hosts = load_hosts(pristine)
     frames = read(path, ":")
     if len(frames) % 2:
         raise ValueError(f"{path}: expected alternating unrelaxed/relaxed frames, got an odd "
@@ -185,33 +217,52 @@ def read_extxyz_pairs(path: str | Path, pristine: Atoms | str | Path,
         unrelaxed, relaxed = frames[k], frames[k + 1]
         if not np.array_equal(unrelaxed.numbers, relaxed.numbers):
             raise ValueError(f"{path}: frames {k} and {k + 1} have different atoms")
-        m = match_to_host(unrelaxed, host, tolerance)
+        if len(hosts) == 1:  # the matching's own message
+            (host,) = hosts.values()
+            m = match_to_host(unrelaxed, host, tolerance)
+        else:
+            try:
+                _, host, m = match_run(unrelaxed, hosts, tolerance)
+            except ValueError as err:
+                raise ValueError(f"{path}, frame {k}: {err}") from None
         info = {"source": str(path), "frame": k // 2, **{key: v for key, v in
                 unrelaxed.info.items() if isinstance(v, (str, int, float, bool))}}
         pairs.append(pair_from_match(unrelaxed, relaxed.positions, host, m, info))
     return pairs
 
 
-def load_pairs(source: str | Path | Sequence[str | Path], *, pristine: str | Path | None = None,
-               fmt: str = "auto", **selection: Any) -> list[Pair]:
+def load_pairs(source: str | Path | Sequence[str | Path], *, pristine: Any = None,
+               fmt: str = "auto", fmax: float | None = None, **selection: Any) -> list[Pair]:
     """Read pairs from ``ase.db`` files/folders/globs (``fmt="db"``), a 2DMD root
-    (``fmt="2dmd"``) or an extxyz file with ``pristine`` (``fmt="extxyz"``)."""
+    (``fmt="2dmd"``), relaxation runs with ``pristine`` (``fmt="runs"``: vasprun.xml,
+    OUTCAR, POSCAR/CONTCAR folders, trajectories, folders and globs of them; runs that
+    did not converge, change cell or match no host are logged and skipped; ``fmax``
+    eV/Å checks the last forces of files that state no criterion) or extxyz files of
+    alternating frames with ``pristine`` (``fmt="extxyz"``). ``pristine``: one host or
+    several (Atoms, paths, globs). ``auto`` picks by :func:`detect_format`."""
     sources = [source] if isinstance(source, (str, Path)) else list(source)
+    asked = fmt
     if fmt == "auto":
-        first = Path(sources[0])
-        fmt = ("extxyz" if pristine is not None else
-               "2dmd" if first.is_dir() and not list(first.glob("*.db")) else "db")
+        fmt = detect_format(sources, pristine)
     if fmt == "db":
         return list(iter_pairs(expand_paths(sources), **selection))
+    if fmt in ("extxyz", "runs") and pristine is None:
+        raise ValueError(f"{fmt} pairs need the pristine host (--pristine)")
     if fmt == "extxyz":
-        if pristine is None:
-            raise ValueError("extxyz pairs need the pristine host (--pristine)")
         return [p for s in sources for p in read_extxyz_pairs(s, pristine)]
+    if fmt == "runs":
+        from ..data.runs import read_runs
+
+        pairs, report = read_runs(sources, pristine, fmt=asked, fmax=fmax)
+        if not pairs and report.skipped:
+            raise ValueError(f"every relaxation run was skipped ({report.summary()}); "
+                             f"the first: {report.skipped[0][0]}: {report.skipped[0][1]}")
+        return pairs
     if fmt == "2dmd":
         from ..data.twodmd import read_2dmd
 
         return [p for s in sources for p in read_2dmd(s, **selection)]
-    raise ValueError(f"unknown data format {fmt!r}; choose from ['auto', 'db', '2dmd', 'extxyz']")
+    raise ValueError(f"unknown data format {fmt!r}; choose from {list(FORMATS)}")
 
 
 def cache_key(paths: Sequence[Path], cutoff: float, max_neighbors: int | None) -> str:

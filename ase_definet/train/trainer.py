@@ -45,6 +45,9 @@ from .staging import staged_dataset
 
 logger = logging.getLogger(__name__)
 
+MIN_VAL_PAIRS = 5  # fewer validation pairs than this: a warning (too few to select on)
+PROGRESS_INTERVAL_S = 30.0  # without a terminal (no progress bar): a log line this often
+
 
 @dataclass
 class TrainConfig:
@@ -281,6 +284,10 @@ class Trainer:
             raise ValueError(f"need training and validation pairs (got {len(train)} train, "
                              f"{len(val)} val)")
         _check_material_weights(config.material_weights, train)  # before any set-up
+        if len(val) < MIN_VAL_PAIRS:
+            logger.warning("only %d validation pair(s): too few to select the best epoch "
+                           "on (and to steer early stopping and the learning rate); give "
+                           "more pairs or a larger validation share", len(val))
         if not config.input_noise >= 0:
             raise ValueError(f"input_noise must be >= 0 Å, got {config.input_noise}")
         self.cfg = config
@@ -353,6 +360,7 @@ class Trainer:
         self.bad_epochs = 0
         self.skipped = 0  # batches skipped for a non-finite loss or gradient
         self.history: list[dict[str, float]] = []
+        self.start: dict[str, float] = {}  # validation metrics of the starting weights
         self.out = Path(config.out)
 
     # -------------------------------------------------------------- state
@@ -363,7 +371,7 @@ class Trainer:
                 "epoch": self.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
                 "history": self.history, "model_config": self.model.config.to_dict(),
                 "frozen_stages": self.frozen, "data_fingerprint": self.data_fingerprint,
-                "train_config": asdict(self.cfg)}
+                "start_metrics": self.start, "train_config": asdict(self.cfg)}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.model.load_state_dict(s["model"])
@@ -377,6 +385,7 @@ class Trainer:
         torch.set_rng_state(s["torch_rng"])
         self.epoch, self.best = int(s["epoch"]), float(s["best"])
         self.bad_epochs, self.history = int(s["bad_epochs"]), list(s["history"])
+        self.start = {k: float(v) for k, v in s.get("start_metrics", {}).items()}
 
     def try_resume(self) -> bool:
         """Load ``out/last.pt`` if it exists (weights only, no code is unpickled).
@@ -481,10 +490,18 @@ class Trainer:
         self.net.train()
         total, n = 0.0, 0
         nb = self.batches_per_epoch()
-        for batch in tqdm(iter_batches(self.train_set, self.cfg.batch_size, True, self.gen,
-                                       self.rank, self.world), total=nb, leave=False,
-                          desc=f"epoch {self.epoch + 1}", unit="batch",
-                          disable=None if self.rank == 0 else True):  # None: off without a TTY
+        bar = tqdm(iter_batches(self.train_set, self.cfg.batch_size, True, self.gen,
+                                self.rank, self.world), total=nb, leave=False,
+                   desc=f"epoch {self.epoch + 1}", unit="batch",
+                   disable=None if self.rank == 0 else True)  # None: off without a TTY
+        t0 = last_note = time.time()
+        for i, batch in enumerate(bar, 1):
+            if n:
+                bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+            if bar.disable and self.rank == 0 and time.time() - last_note >= PROGRESS_INTERVAL_S:
+                last_note = time.time()  # no bar (no terminal): say where the epoch is
+                logger.info("epoch %d: batch %d/%d, train loss %.4f Å so far, %.0f s",
+                            self.epoch + 1, i, nb, total / max(n, 1), last_note - t0)
             b = add_input_noise(batch, self.cfg.input_noise, self.gen).to(self.device)
             pred = self.net(b.graph)[-1]
             loss = masked_distance_loss(pred, b.target, b.mask,
@@ -518,6 +535,8 @@ class Trainer:
             self._trim_log()
             (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
         t_start = time.time()
+        if self.epoch == 0 and not self.start:
+            self.start = self.validate_start()
         while self.epoch < self.cfg.epochs and self.bad_epochs < self.cfg.early_stop:
             t0 = time.time()
             train_loss = self.train_epoch()
@@ -548,7 +567,23 @@ class Trainer:
                 logger.info("stopping after %.2f h (max_hours); rerun to resume",
                             (time.time() - t_start) / 3600)
                 break
-        return {"best_val_mae": self.best, "epochs": self.epoch}
+        start = self.start.get("val_mae")
+        if self.cfg.init_from and start is not None and self.best > start:
+            logger.warning("fine-tuning did not improve on the starting checkpoint's "
+                           "validation MAE (%.4f Å; best epoch %.4f Å)", start, self.best)
+        return {"best_val_mae": self.best, "epochs": self.epoch,
+                **({"start_val_mae": start} if start is not None else {})}
+
+    def validate_start(self) -> dict[str, float]:
+        """Validation MAE, A3 and Dummy (Å) of the weights before the first step (the
+        starting checkpoint when fine-tuning), logged, so the gain is visible."""
+        acc, _ = evaluate_model(self.model, self.val_set, self.cfg.batch_size, self.device)
+        start = {"val_mae": acc.mae(), "val_a3": acc.mae(region="A3"),
+                 "val_dummy_mae": acc.mae(region="dummy_all")}
+        logger.info("before training (%s): val MAE %.4f (dummy %.4f)  A3 %.4f",
+                    f"from {self.cfg.init_from}" if self.cfg.init_from else "initial weights",
+                    start["val_mae"], start["val_dummy_mae"], start["val_a3"])
+        return start
 
     def _log_row(self, row: dict[str, float]) -> None:
         path = self.out / "log.csv"
@@ -564,7 +599,8 @@ class Trainer:
             k: v for k, v in asdict(self.cfg).items() if k not in ("device", "threads")},
             "selected_epoch": row["epoch"],
             "metrics": {"val_mae": row["val_mae"], "val_a3": row["val_a3"],
-                        "val_dummy_mae": row["val_dummy_mae"]},
+                        "val_dummy_mae": row["val_dummy_mae"],
+                        **{f"start_{k}": v for k, v in self.start.items()}},
             "n_train": len(self.train_set), "n_val": len(self.val_set)}
         save_checkpoint(self.export(ema), self.out / "best.safetensors", meta)
 
