@@ -67,7 +67,10 @@ def test_model_size_table(tmp_path, ckpt, capsys):
     assert row["best_epoch"] == "2" and float(row["val_mae"]) == 0.08
     assert (row["F"], row["T"], row["N"]) == ("16", "2", "24")  # from the checkpoint
     assert float(row["train_min"]) == 3.0 and float(row["forward_ms"]) > 0
-    assert "0.67" in capsys.readouterr().out  # MAE / Dummy of the best epoch
+    assert float(row["val_a3"]) == 0.2 and float(row["val_dummy"]) == 0.12  # the best epoch
+    table = capsys.readouterr().out.splitlines()
+    (printed,) = [line.split() for line in table if line.startswith("size_F16_T2")]
+    assert float(printed[-2]) == pytest.approx(0.08 / 0.12, abs=0.005)  # MAE / Dummy
     (run / "log.csv").write_text("epoch,val_mae\n")
     with pytest.raises(ValueError, match="no epochs"):
         load(ROOT / "benchmarks" / "model_size.py").main([str(run)])
