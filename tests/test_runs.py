@@ -197,3 +197,20 @@ def test_finetune_default_on_runs_end_to_end(tmp_path, runs, monkeypatch, caplog
     d, _ = find_mic(relaxer.atoms.positions - defective(host, [7], {2: "Au"}).positions,
                     host.cell, True)
     assert 0 < np.linalg.norm(d, axis=1).max() < 0.5
+
+
+def test_selective_dynamics_forces_on_fixed_atoms_do_not_count(tmp_path, runs):
+    """As VASP does (and real vasprun.xml files show): the EDIFFG criterion holds for
+    the free degrees of freedom only; fixed atoms ("F F F") may keep large forces."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixAtoms
+
+    frames = [f.copy() for f in runs[3]]
+    for f, old in zip(frames, runs[3]):
+        forces = old.get_forces().copy()
+        forces[:4] = 0.8  # the fixed bottom atoms pull hard
+        f.set_constraint(FixAtoms(indices=range(4)))
+        f.calc = SinglePointCalculator(f, energy=old.get_potential_energy(), forces=forces)
+    run = read_run(write_vasprun(tmp_path / "vasprun.xml", frames))
+    assert run.converged and run.info["final_fmax"] < 0.02
+    assert len(run.frames[0].constraints) == 1  # read back from the selective flags
