@@ -12,10 +12,18 @@ from ase.calculators.emt import EMT
 from ase.db import connect
 
 from ase_definet.data import generate
+from ase_definet.data.batchfiles import PlanConflict
 from ase_definet.data.configs import high_density_configs, low_density_configs
 from ase_definet.data.hosts import Host, get_host, host_names, register_host
-from ase_definet.data.variants import (PBE_LATTICE, SIZE_RANGE, Lattice, draw_strain,
-                                       pbe_strain, relaxed_unit_cell, supercell_sizes)
+from ase_definet.data.variants import (
+    PBE_LATTICE,
+    SIZE_RANGE,
+    Lattice,
+    draw_strain,
+    pbe_strain,
+    relaxed_unit_cell,
+    supercell_sizes,
+)
 
 
 def cu_host() -> Host:
@@ -119,3 +127,82 @@ def test_generate_strain_and_size_axes_record_their_lattice(tmp_path):
     with connect(tmp_path / "d" / "CuTest_size_high_000.db") as db:
         sizes = {r.supercell for r in db.select()}
     assert sizes and all(s != "2x2" for s in sizes)
+
+
+# ------------------------------------------------------------ concurrency and identity
+def _slow_label(args):
+    import time
+
+    time.sleep(0.02)  # widen the window in which two runs could collide
+    return _REAL_LABEL(args)
+
+
+_REAL_LABEL = generate._label
+
+
+def _run_plan(out, part, shard=(0, 1)):
+    cu_host()
+    batches = generate.select_shard(
+        generate.plan_jobs(["CuTest"], n_high_per_conc=3, n_low=0, batch_size=3), *shard)
+    generate.run(out, part, batches, teacher="emt", fmax=0.05, steps=300,
+                 identity={"seed": 0, "batch_size": 3})
+
+
+def _all_ids(out):
+    ids = []
+    for f in sorted(out.glob("*.db")):
+        with connect(f) as db:
+            ids += [r.config_id for r in db.select()]
+    return ids
+
+
+@pytest.mark.parametrize("shards", [((0, 1), (0, 1)), ((0, 2), (1, 2))])
+def test_concurrent_generators_label_every_pair_exactly_once(tmp_path, monkeypatch, shards):
+    import multiprocessing as mp
+
+    cu_host()
+    monkeypatch.setattr(generate, "_label", _slow_label)
+    out, part = tmp_path / "d", tmp_path / "p"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_run_plan, args=(out, part, s)) for s in shards]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    if shards[0] == shards[1]:
+        _run_plan(out, part)  # the plan is whole now: nothing left to do
+    ids = _all_ids(out)
+    assert sorted(ids) == [f"CuTest-high-{i:05d}" for i in range(15)]  # each exactly once
+    assert not list(part.glob("*.db"))
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    from ase_definet.cli import main as cli
+
+    cu_host()
+    args = ["generate", "--out", str(tmp_path / "d"), "--materials", "CuTest", "--high", "1",
+            "--low", "0", "--teacher", "emt", "--batch-size", "5", "--steps", "300",
+            "--fmax", "0.05"]
+    assert cli(args) == 0
+    assert cli(args[:-6] + ["--batch-size", "2"] + args[-4:]) == 2  # duplicates otherwise
+    assert cli(args + ["--seed", "3"]) == 2  # another plan, silently kept otherwise
+    assert _all_ids(tmp_path / "d") == [f"CuTest-high-{i:05d}" for i in range(5)]
+    (tmp_path / "d" / "plan.json").unlink()  # a folder of an older release: contents decide
+    with pytest.raises(PlanConflict, match="other defects than this plan"):
+        generate.run(tmp_path / "d", tmp_path / "p",
+                     generate.plan_jobs(["CuTest"], 1, 0, seed=3, batch_size=5), teacher="emt")
+
+
+def test_complete_is_read_from_the_file_and_larger_plans_extend(tmp_path):
+    cu_host()
+    out, part = tmp_path / "d", tmp_path / "p"
+    small = generate.plan_jobs(["CuTest"], 1, 0, batch_size=4)  # files of 4 and 1 configs
+    generate.run(out, part, small, teacher="emt", fmax=0.05, steps=300)
+    with connect(out / "CuTest_high_000.db") as db:  # a pair lost from a "complete" file
+        db.delete([next(db.select()).id])
+    big = generate.plan_jobs(["CuTest"], 2, 0, batch_size=4)  # 10 configs: 4, 4, 2
+    generate.run(out, part, big, teacher="emt", fmax=0.05, steps=300)
+    assert sorted(_all_ids(out)) == [f"CuTest-high-{i:05d}" for i in range(10)]
+    with connect(out / "CuTest_high_001.db") as db:
+        assert db.count() == 4

@@ -16,7 +16,7 @@ reproducible, and asking for more configurations extends it without changing the
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from ase.data import atomic_numbers
@@ -38,7 +38,7 @@ class DefectConfig:
     density: str  # "high" or "low"
     concentration: float  # defects / sites
     spec: DefectSpec
-    lattice: Lattice = Lattice()  # axis, strain and supercell; see :mod:`.variants`
+    lattice: Lattice = field(default_factory=Lattice)  # axis, strain and supercell; see :mod:`.variants`
 
 
 def _rng(seed: int, *keys: int | str) -> np.random.Generator:

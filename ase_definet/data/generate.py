@@ -1,11 +1,14 @@
 """Generate teacher-labelled defect pairs into chunked ``ase.db`` files.
 
-Each (material, density) sequence of configurations is cut into batches of
-``batch_size``; batch ``b`` is the file ``{out}/{material}_{density}_{b:03d}.db``. A batch
-is filled in ``{partial_dir}`` one transaction per pair and moved into ``out`` once every
-configuration of it has been labelled, so files in ``out`` are complete and never
-rewritten. Rerunning the same command resumes: labelled ``config_id``s are skipped.
-``--shard K/N`` takes every N-th batch file, so shards never share a file.
+Each (material, axis, density) sequence of configurations is cut into batches of
+``batch_size``; batch ``b`` is the file ``{out}/{material}_{density}_{b:03d}.db`` (with
+``_{axis}`` before the density off the original lattice). A batch is filled in
+``{partial_dir}`` one transaction per pair, under a lock, and moved into ``out`` once the
+file holds every configuration of it (:mod:`.batchfiles`). Rerunning the same command
+resumes; concurrent runs of one plan share its batches; a larger (prefix-stable) plan
+extends a copy of a smaller plan's last batch and replaces it atomically; a run with
+other settings than the folder's ``plan.json`` is refused. ``--shard K/N`` takes every
+N-th batch file, so shards never share a file.
 
     python -m ase_definet.data.generate --out data --high 64 --low 320 --workers 1
     definet generate --out data/variety --high 0 --low 80 --strain-high 12 --strain-low 60
@@ -18,17 +21,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from tqdm import tqdm
 
+from .batchfiles import BatchLock, check_batch, check_identity, finish
 from .configs import DefectConfig, high_density_configs, low_density_configs
 from .hosts import get_host, host_names
 from .label import relax_fixed_cell
@@ -174,71 +178,120 @@ def _label(args) -> tuple[Job, Pair]:
 
 def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1,
         threads: int = 1, fmax: float = 0.01, steps: int = 1000, optimizer: str = "FIRE",
-        teacher: str = "chgnet", device: str = "cpu") -> None:
-    """Label every job not yet done; see the module docstring. ``workers`` processes
-    with ``threads`` torch threads each run the teacher on ``device``; this process
-    writes every finished pair in its own transaction."""
+        teacher: str = "chgnet", device: str = "cpu",
+        identity: dict[str, Any] | None = None) -> None:
+    """Label every planned pair not yet in a batch file; see the module docstring.
+
+    ``workers`` processes with ``threads`` torch threads each run the teacher on
+    ``device``; this process writes every finished pair in its own transaction. Batches
+    are locked while being labelled (:mod:`.batchfiles`), so concurrent runs of one plan
+    share the work; ``identity`` (seed, batch size, ...) is checked against the one
+    stored in ``out``, together with the teacher settings.
+    """
     out.mkdir(parents=True, exist_ok=True)
     partial_dir.mkdir(parents=True, exist_ok=True)
-    todo, sizes = [], {}
-    for batch in batches:
-        name = batch[0].file
-        sizes[name] = len(batch)
-        if (out / name).exists():
-            continue
-        done = done_ids(partial_dir / name)
-        todo += [j for j in batch if j.config.config_id not in done]
-        if not any(j.file == name for j in todo):
-            _finish(partial_dir / name, out / name)
-    if not todo:
+    check_identity(out, {**(identity or {}), "teacher": teacher, "fmax": fmax,
+                         "steps": steps, "optimizer": optimizer})
+    labeller = _Labeller(workers, threads, teacher, device, (fmax, steps, optimizer))
+    group: list[tuple[list[Job], BatchLock, list[Job]]] = []
+    n_total = n_conv = busy = 0
+    try:
+        for batch in batches:
+            name = batch[0].file
+            if check_batch(out / name, batch) == "complete":
+                continue
+            lock = BatchLock(partial_dir / f"{name}.batch-lock")
+            if not lock.acquire():
+                busy += 1  # another process is labelling it
+                continue
+            if check_batch(out / name, batch) == "complete":  # finished meanwhile
+                lock.release()
+                continue
+            part = partial_dir / name
+            if (out / name).exists() and not part.exists():
+                shutil.copyfile(out / name, part)  # a smaller plan's file: extend a copy
+            check_batch(part, batch)  # refuse a partial file of another plan
+            done = done_ids(part)
+            todo = [j for j in batch if j.config.config_id not in done]
+            group.append((batch, lock, todo))
+            if sum(len(t) for _, _, t in group) >= 2 * max(1, workers):
+                n, c = _label_group(group, labeller, out, partial_dir)
+                n_total, n_conv, group = n_total + n, n_conv + c, []
+        n, c = _label_group(group, labeller, out, partial_dir)
+        n_total, n_conv, group = n_total + n, n_conv + c, []
+    finally:
+        labeller.close()
+        for _, lock, _ in group:
+            lock.release()
+    if busy:
+        logger.info("%d batch file(s) were being labelled by another run: left to it", busy)
+    if n_total:
+        logger.info("labelled %d pairs, %d converged", n_total, n_conv)
+    elif not busy:
         logger.info("nothing to do: all %d batch files complete", len(batches))
-        return
-    from .teacher import teacher_version
-
-    tname = teacher_version(teacher)
-    args = [(j, fmax, steps, optimizer, tname) for j in todo]
-    remaining = {name: n - len(done_ids(partial_dir / name)) for name, n in sizes.items()
-                 if not (out / name).exists()}
-    if workers <= 1:
-        _init_worker(teacher, threads, device)
-        n_conv = _store_results(map(_label, args), len(args), out, partial_dir, remaining)
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(workers, _init_worker,
-                                          (teacher, threads, device)) as pool:
-            n_conv = _store_results(pool.imap(_label, args), len(args), out, partial_dir,
-                                    remaining)
-    logger.info("labelled %d pairs, %d converged", len(args), n_conv)
 
 
-def _store_results(results, total: int, out: Path, partial_dir: Path,
-                   remaining: dict[str, int]) -> int:
-    """Write each (job, pair) as it arrives; complete batch files move to ``out``."""
+class _Labeller:
+    """The teacher, in this process or a pool of ``workers``, started on first use."""
+
+    def __init__(self, workers: int, threads: int, teacher: str, device: str,
+                 criterion: tuple[float, int, str]) -> None:
+        self.workers, self.threads, self.teacher, self.device = workers, threads, teacher, device
+        self.criterion = criterion
+        self._pool = None
+        self._name: str | None = None
+
+    def imap(self, jobs: list[Job]):
+        if self._name is None:
+            from .teacher import teacher_version
+
+            self._name = teacher_version(self.teacher)
+            init = (self.teacher, self.threads, self.device)
+            if self.workers <= 1:
+                _init_worker(*init)
+            else:
+                import multiprocessing as mp
+
+                self._pool = mp.get_context("spawn").Pool(self.workers, _init_worker, init)
+        args = [(j, *self.criterion, self._name) for j in jobs]
+        return self._pool.imap(_label, args) if self._pool else map(_label, args)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+
+def _label_group(group, labeller: _Labeller, out: Path, partial_dir: Path) -> tuple[int, int]:
+    """Label the jobs of the locked batches in ``group``; each pair is written as it
+    arrives, and each batch is checked, moved into ``out`` and unlocked once complete."""
+    if not group:
+        return 0, 0
+    left = {batch[0].file: len(todo) for batch, _, todo in group}
+    by_file = {batch[0].file: (batch, lock) for batch, lock, _ in group}
+    for name, n in left.items():
+        if n == 0:
+            _close_batch(*by_file[name], out, partial_dir)
+    jobs = [j for _, _, todo in group for j in todo]
     n_conv = 0
-    for job, pair in tqdm(results, total=total, desc="teacher relaxations", unit="pair",
-                          disable=None):  # off when not on a terminal (nohup logs)
-        path = partial_dir / job.file
-        with connect(path) as db:
+    for job, pair in tqdm(labeller.imap(jobs), total=len(jobs), desc="teacher relaxations",
+                          unit="pair", disable=None):  # off when not on a terminal
+        with connect(partial_dir / job.file) as db:
             write_pair(db, pair)
         n_conv += pair.info["converged"]
         logger.info("%s: %s steps=%d converged=%s", job.file, job.config.config_id,
                     pair.info["steps"], pair.info["converged"])
-        remaining[job.file] -= 1
-        if remaining[job.file] == 0:
-            _finish(path, out / job.file)
-    return n_conv
+        left[job.file] -= 1
+        if left[job.file] == 0:
+            _close_batch(*by_file[job.file], out, partial_dir)
+    return len(jobs), n_conv
 
 
-def _finish(partial: Path, final: Path) -> None:
-    """Move a complete batch file into place atomically (same file system) or by copy."""
-    if not partial.exists():
-        return
-    tmp = final.with_suffix(".db.tmp")
-    shutil.copyfile(partial, tmp)
-    os.replace(tmp, final)
-    partial.unlink()
-    logger.info("batch complete: %s", final)
+def _close_batch(batch: list[Job], lock: BatchLock, out: Path, partial_dir: Path) -> None:
+    try:
+        finish(partial_dir / batch[0].file, out / batch[0].file, batch)
+    finally:
+        lock.release()
 
 
 def select_shard(batches: list[list[Job]], k: int, n: int) -> list[list[Job]]:
@@ -312,9 +365,10 @@ def run_from_args(args: argparse.Namespace) -> None:
     batches = plan_jobs(materials, args.high, args.low, args.seed, args.batch_size,
                         counts=counts, low_materials=low, max_strain=args.max_strain)
     batches = select_shard(batches, *args.shard)
+    identity = dict(seed=args.seed, batch_size=args.batch_size, max_strain=args.max_strain)
     run(args.out, args.partial_dir or args.out / "partial", batches, workers=args.workers,
         threads=args.threads, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
-        teacher=args.teacher, device=args.device)
+        teacher=args.teacher, device=args.device, identity=identity)
 
 
 if __name__ == "__main__":
