@@ -5,117 +5,130 @@
     relaxer.run()
     relaxed = relaxer.atoms
 
-One forward pass predicts the relaxed coordinates; the coordinates after each layer are
-the relaxer's steps (logged, passed to observers, written to the trajectory). With
+What a step is. One forward pass predicts the relaxed coordinates: that prediction is
+the relaxer's starting point, step 0 (like the initial force call of an ASE optimizer;
+logged as one line, passed to the observers, written to the trajectory). With
 ``run(fmax=...)`` and a calculator on the atoms, an ASE optimizer then polishes the
-prediction until ``fmax`` (the paper's workflow: network, then a few DFT steps).
+prediction until ``fmax`` (the paper's workflow: network, then a few DFT steps); each of
+its steps is a step of the relaxer, so ``nsteps`` counts force calls after the first,
+as for any ASE optimizer. The network's layers are not steps: ``per_layer=True`` logs
+one line and writes one trajectory frame per layer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 from ase import Atoms
-from ase.data import atomic_masses
 from ase.io.trajectory import Trajectory
-from ase.optimize.optimize import DEFAULT_MAX_STEPS
+from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from ase.parallel import world
-from ase.utils import IOContext
 
 from .checkpoint import get_model
 from .defects import SpecLike
+from .inputs import like_input, prepare, to_atoms
 from .matching import DEFAULT_TOLERANCE, describe
 from .model import DefiNet
 from .optimizers import get_optimizer
 from .predict import check_stages, model_device, predict_sites
-from .structure import DefectStructure
 
 logger = logging.getLogger(__name__)
 
 
-class DefiNetRelaxer(IOContext):
+class DefiNetRelaxer(Optimizer):
     """Relax a defect structure with DefiNet, used like an ASE optimizer.
+
+    An :class:`ase.optimize.optimize.Optimizer`: ``run(fmax=None, steps=...)`` returns
+    whether it is done (True on a second call too), ``irun()``, ``converged()``,
+    ``attach()``, ``nsteps``, ``todict()``, ``logfile``, ``trajectory``, context manager.
+    Every argument after ``atoms`` is keyword-only.
 
     Args:
         atoms: the defective structure (updated in place, like any ASE optimizer), or
             the pristine host when ``defects`` is given (then left untouched and
-            ``relaxer.atoms`` is a new defective structure).
+            ``relaxer.atoms`` is a new defective structure). An ``ase.Atoms`` or a
+            pymatgen ``Structure`` (converted; the Structure itself is not modified and
+            :attr:`relaxed` gives the result as a Structure).
         defects: vacancies and substitutions by host site index, a
             :class:`~ase_definet.DefectSpec` or ``{"vacancies": [...],
             "substitutions": {i: "W"}}``; ``atoms`` is then the pristine host.
-        pristine: the pristine host of a defective ``atoms``; the defects are derived
-            by periodic site matching (within ``tolerance`` Å). With neither
-            ``defects`` nor ``pristine``, a registered host whose supercell matches
-            ``atoms`` is looked for; failing that every atom is treated as a pristine
-            site (no defect markers) and a warning is issued.
-        model: a weights name (``"default"``), a checkpoint path or a ``DefiNet``.
+        pristine: the pristine host of a defective ``atoms`` (Atoms or Structure); the
+            defects are derived by periodic site matching within ``tolerance`` Å, after
+            removing any rigid offset between the two (up to ``tolerance``). With
+            neither ``defects`` nor ``pristine``, ``atoms`` is matched to the built-in
+            hosts by composition and in-plane lattice (any supercell, vacuum, origin or
+            cell basis); failing that a ``ValueError`` says what to pass.
+        marker_free: predict with every atom marked pristine (no host, vacancies
+            invisible to the network); only without ``defects`` and ``pristine``.
+        model: a weights name (``"default"``), a checkpoint path or a ``DefiNet``. A
+            name or path gives this relaxer a model of its own (loaded once per process,
+            copied per relaxer); a ``DefiNet`` instance is used as it is.
         device: torch device; default ``$DEFINET_DEVICE``, else CUDA if present, else CPU.
-        logfile: file name or open file; ``"-"`` is stdout, ``None`` silence.
+        logfile: file name or open file; ``"-"`` is stdout, ``None`` silence. One line in
+            ASE's format for the prediction (step 0: largest and RMS displacement, Å),
+            then the polish optimizer's lines.
         trajectory: file name or open :class:`ase.io.Trajectory`: the input, the
-            coordinates after each layer, then each polish step.
+            prediction (step 0), then each polish step.
+        append_trajectory: append to an existing trajectory file instead of replacing it.
+        per_layer: also log a line and write a frame after every network layer (between
+            the input and the prediction).
         polish_optimizer: ASE optimizer (name or class) used by ``run(fmax=...)``.
         polish_kwargs: keyword arguments for the polish optimizer.
         tolerance: site-matching tolerance, Å.
-        append_trajectory: append to an existing trajectory file instead of replacing it.
         stages: with weights that chain refinement stages, run only the first ones
             (faster, less accurate); default all.
 
     Raises:
         ValueError: a bad defect spec, an element the weights have never seen, a
-            defective structure that does not match its host, a non-periodic or
-            degenerate cell. The caller's atoms are untouched.
+            defective structure that does not match its host (or no built-in host), a
+            non-periodic or degenerate cell. The caller's atoms are untouched.
     """
 
-    def __init__(self, atoms: Atoms, defects: SpecLike = None, pristine: Atoms | None = None,
+    def __init__(self, atoms: Atoms | Any, *, defects: SpecLike = None,
+                 pristine: Atoms | Any | None = None,
                  model: str | Path | DefiNet = "default",
                  device: str | torch.device | None = None,
                  logfile: IO | str | Path | None = "-",
-                 trajectory: str | Path | Trajectory | None = None, *,
+                 trajectory: str | Path | Trajectory | None = None,
+                 append_trajectory: bool = False, per_layer: bool = False,
                  polish_optimizer: str | type = "BFGS",
                  polish_kwargs: dict[str, Any] | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE, append_trajectory: bool = False,
-                 stages: int | None = None):
-        if not isinstance(atoms, Atoms):
-            raise ValueError(f"atoms must be an ase.Atoms, got {type(atoms).__name__}")
+                 tolerance: float = DEFAULT_TOLERANCE, stages: int | None = None,
+                 marker_free: bool = False, master: bool | None = None, comm=world):
+        self._input = atoms
+        user_atoms = to_atoms(atoms, "atoms")
+        host = None if pristine is None else to_atoms(pristine, "pristine")
         self.model = get_model(model, device)
         self.model_name = model if isinstance(model, (str, Path)) else type(model).__name__
         self.stages = check_stages(self.model, stages)
-        elements = self.model.elements
-        if defects is None and pristine is None:
-            self.structure = _auto_structure(atoms, elements, tolerance)
-        else:
-            self.structure = DefectStructure.from_atoms(atoms, defects, pristine, elements,
-                                                        tolerance)
         self.polish_optimizer = (get_optimizer(polish_optimizer)
                                  if isinstance(polish_optimizer, str) else polish_optimizer)
         self.polish_kwargs = dict(polish_kwargs or {})
+        self.structure, target = prepare(user_atoms, defects, host, self.model.elements,
+                                         tolerance, marker_free)
         # --- nothing above touched the caller's objects; from here on we own state
-        self.atoms = atoms if defects is None else _defective_from_host(atoms, self.structure)
-        self.logfile = self.openfile(file=logfile, comm=world, mode="a")
-        self.observers: list[tuple[Callable, int, tuple, dict]] = []
-        self.nsteps = 0
+        super().__init__(atoms=target, logfile=logfile, trajectory=trajectory,
+                         append_trajectory=append_trajectory, master=master, comm=comm)
+        self.per_layer = bool(per_layer)
         self.layers: np.ndarray | None = None  # (S*T+1, n_sites, 3) Å once predicted
         self.timings: dict[str, float] = {}
-        self.polisher = None
-        self.trajectory = None
-        if trajectory is not None:
-            if hasattr(trajectory, "write"):
-                self.trajectory = trajectory
-            else:
-                mode = "a" if append_trajectory else "w"
-                self.trajectory = self.closelater(Trajectory(trajectory, mode=mode))
-            self.attach(self._write_frame)
+        self.polisher: Optimizer | None = None
 
     # ------------------------------------------------------------ ASE optimizer API
+    @property
+    def relaxed(self) -> Atoms | Any:
+        """The relaxed structure as the type passed: ``self.atoms`` for an Atoms, a new
+        pymatgen Structure for a Structure."""
+        return like_input(self.atoms, self._input)
+
     def todict(self) -> dict[str, Any]:
-        return {"type": "optimization", "optimizer": type(self).__name__,
+        return {**super().todict(),
                 "model": str(self.model_name), "device": str(model_device(self.model)),
                 "cutoff": self.model.cutoff, "max_neighbors": self.model.max_neighbors,
                 "layers": self.model.config.layers,
@@ -124,122 +137,123 @@ class DefiNetRelaxer(IOContext):
                 "polish_optimizer": self.polish_optimizer.__name__,
                 "defects": describe(self.structure.spec, self.structure.pristine)}
 
-    def attach(self, function: Callable, interval: int = 1, *args: Any, **kwargs: Any) -> None:
-        """Call ``function(*args, **kwargs)`` every ``interval`` steps (ASE semantics:
-        ``interval <= 0`` means only at step ``abs(interval)``)."""
-        if not callable(function):
-            function = function.write
-        self.observers.append((function, interval, args, kwargs))
-
-    def call_observers(self) -> None:
-        for function, interval, args, kwargs in self.observers:
-            if (interval > 0 and self.nsteps % interval == 0) or (
-                    interval <= 0 and self.nsteps == abs(interval)):
-                function(*args, **kwargs)
-
-    def get_number_of_steps(self) -> int:
-        return self.nsteps
-
-    def irun(self, fmax: float | None = None, steps: int | None = None) -> Iterator[bool]:
-        """Generator over steps: the input (step 0), each layer of the network, then
-        (with ``fmax``) each polish step. Yields whether the relaxation is done:
-        ``True`` after the last layer without ``fmax``, the polish optimizer's
-        convergence flag with it. ``steps`` caps the polish steps."""
+    def irun(self, fmax: float | None = None, steps: int = DEFAULT_MAX_STEPS
+             ) -> Iterator[bool]:
+        """Generator over steps: the prediction (step 0; made once), then, with
+        ``fmax``, the polish optimizer's steps. Yields whether the relaxation is done:
+        ``True`` after the prediction without ``fmax``, the polish optimizer's
+        convergence flag with it (one flag per step, step 0 included, as in ASE).
+        ``steps`` caps the polish steps of this call (the prediction is always made)."""
         if fmax is not None and self.atoms.calc is None:
             raise ValueError(f"run(fmax={fmax}) needs a calculator on the atoms to check "
                              "forces (polish mode); attach one, or call run() without fmax")
+        steps = DEFAULT_MAX_STEPS if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        self.fmax = fmax
         if self.layers is None:
-            self.layers = self._predict()
-            start = self.structure.site_positions
-            n_layers = len(self.layers) - 1
-            for t, sites in enumerate(self.layers):
-                if t > 0:
-                    self.atoms.set_positions(self.structure.atom_positions(sites),
-                                             apply_constraint=True)
-                    self.nsteps += 1
-                self._log_layer(t, sites, self.layers[max(t - 1, 0)], start)
-                self.call_observers()
-                yield fmax is None and t == n_layers
+            self._relax_network()
         if fmax is None:
+            self.max_steps = self.nsteps
+            yield True
             return
-        yield from self._polish(fmax, DEFAULT_MAX_STEPS if steps is None else steps)
+        if self.polisher is None:
+            self.polisher = self.polish_optimizer(self.atoms, logfile=self.logfile,
+                                                  **self.polish_kwargs)
+        self.max_steps = self.nsteps + steps
+        for converged in self.polisher.irun(fmax=fmax, steps=steps):
+            if self.polisher.nsteps > self.nsteps:
+                self.nsteps = self.polisher.nsteps
+                self.call_observers()
+            yield bool(converged)
 
-    def run(self, fmax: float | None = None, steps: int | None = None) -> bool:
-        """Predict the relaxed structure (and polish it to ``fmax`` with the atoms'
-        calculator if ``fmax`` is given). Returns whether it is done/converged."""
+    def run(self, fmax: float | None = None, steps: int = DEFAULT_MAX_STEPS) -> bool:
+        """Predict the relaxed structure (once), and with ``fmax`` polish it with the
+        atoms' calculator for at most ``steps`` steps. Returns whether it is done:
+        without ``fmax`` True once predicted, with it whether the forces are below
+        ``fmax``."""
         converged = False
         for converged in self.irun(fmax=fmax, steps=steps):
             pass
         return converged
 
-    # ------------------------------------------------------------ internals
-    def _predict(self) -> np.ndarray:
-        t0 = time.perf_counter()
-        layers = predict_sites(self.model, [self.structure], all_layers=True,
-                               stages=self.stages)[0]
-        self.timings["predict"] = time.perf_counter() - t0
-        return layers
+    def converged(self, forces: np.ndarray | None = None) -> bool:
+        """Done? Before the prediction False; without ``fmax`` (the last run's) True
+        once predicted; with it whether the forces are below ``fmax``."""
+        if self.layers is None:
+            return False
+        if self.fmax is None:
+            return True
+        return bool(super().converged(forces))
 
-    def _polish(self, fmax: float, steps: int) -> Iterator[bool]:
+    def step(self) -> None:
+        """One step of the polish optimizer (after the prediction, made if needed)."""
+        if self.atoms.calc is None:
+            raise ValueError("step() is a polish step and needs a calculator on the atoms")
+        if self.layers is None:
+            self._relax_network()
         if self.polisher is None:
             self.polisher = self.polish_optimizer(self.atoms, logfile=self.logfile,
                                                   **self.polish_kwargs)
-        offset = self.nsteps - self.polisher.nsteps
-        for converged in self.polisher.irun(fmax=fmax, steps=steps):
-            if self.polisher.nsteps + offset > self.nsteps:
-                self.nsteps = self.polisher.nsteps + offset
-                self.call_observers()
-            yield bool(converged)
+        self.polisher.step()
 
-    def _write_frame(self) -> None:
-        self.trajectory.write(self.atoms)
-
-    def _log_layer(self, t: int, sites: np.ndarray, prev: np.ndarray, start: np.ndarray) -> None:
-        if self.logfile is None:
-            return
+    def log(self, *args: Any) -> None:
+        """The prediction's line (ASE's format; displacements in place of energy and
+        fmax, which would need a force call)."""
         name = type(self).__name__
-        idx = self.structure.spec.site_index(self.structure.n_sites)  # atoms, not vacancies
-        shift = np.linalg.norm(sites[idx] - prev[idx], axis=1).max()
-        total = np.linalg.norm(sites[idx] - start[idx], axis=1)
-        if t == 0:
-            self.logfile.write(f"{' ' * len(name)}  {'Step':>4} {'Time':>8} {'Shift[A]':>12} "
-                               f"{'MaxDisp[A]':>12} {'RMSDisp[A]':>12}\n")
-        now = time.strftime("%H:%M:%S")
-        self.logfile.write(f"{name}:  {self.nsteps:4d} {now:>8} {shift:12.4f} "
-                           f"{total.max():12.4f} {np.sqrt((total ** 2).mean()):12.4f}\n")
-        if hasattr(self.logfile, "flush"):
-            self.logfile.flush()
+        disp = np.linalg.norm(self.atoms.positions - self._start, axis=1)
+        if self.nsteps == 0:
+            self.logfile.write(f"{' ' * len(name)}  {'Step':>4} {'Time':>8} "
+                               f"{'MaxDisp[A]':>15}  {'RMSDisp[A]':>12}\n")
+        self.logfile.write(f"{name}:  {self.nsteps:3d} {time.strftime('%H:%M:%S')} "
+                           f"{disp.max():15.6f} {np.sqrt((disp ** 2).mean()):15.6f}\n")
 
+    # ------------------------------------------------------------ internals
+    def _relax_network(self) -> None:
+        """The prediction: trajectory frame of the input, one forward pass, positions
+        set (constraints respected), log line(s), observers at step 0."""
+        if self.trajectory is not None:
+            self._write_frame(self.atoms)
+        self._start = self.atoms.positions.copy()
+        t0 = time.perf_counter()
+        self.layers = predict_sites(self.model, [self.structure], all_layers=True,
+                                    stages=self.stages)[0]
+        self.timings["predict"] = time.perf_counter() - t0
+        if self.per_layer:
+            self._log_layers()
+        self.atoms.set_positions(self.structure.atom_positions(self.layers[-1]),
+                                 apply_constraint=True)
+        self.log()
+        self.call_observers()
 
-def _auto_structure(atoms: Atoms, elements: list[int], tolerance: float) -> DefectStructure:
-    """Neither defects nor pristine given: try the registered hosts, else no markers."""
-    from .data.hosts import find_host
-    from .validate import check_atoms
+    def _frame(self, sites: np.ndarray) -> Atoms:
+        frame = self.atoms.copy()  # no calculator: no stale results in the frame
+        frame.set_positions(self.structure.atom_positions(sites), apply_constraint=True)
+        return frame
 
-    check_atoms(atoms)
-    found = find_host(atoms, tolerance)
-    if found is not None:
-        host, pristine = found
-        structure = DefectStructure.from_pair(atoms, pristine, elements, tolerance)
-        logger.info("atoms matched the built-in host %s: %s", host.name,
-                    describe(structure.spec, pristine))
-        return structure
-    warnings.warn("DefiNetRelaxer: neither defects= nor pristine= was given and atoms match "
-                  "no registered host; every atom is treated as a pristine site (no defect "
-                  "markers, vacancies invisible). Pass pristine=HOST for a defect-aware "
-                  "prediction.", UserWarning, stacklevel=3)
-    return DefectStructure.from_host(atoms, None, elements)
+    def _write_frame(self, atoms: Atoms) -> None:
+        opentraj = getattr(self, "_opentraj", None)  # ASE >= 3.25 opens it per write
+        if opentraj is None:
+            self.trajectory.write(atoms)
+            return
+        with opentraj() as traj:
+            traj.write(atoms)
 
-
-def _defective_from_host(host: Atoms, structure: DefectStructure) -> Atoms:
-    """A new defective Atoms from the caller's host: cell, pbc, info, per-atom arrays
-    (tags, ...), constraints and calculator are kept; vacant sites removed."""
-    idx = structure.spec.site_index(len(host))
-    at = host[idx]  # copies info, arrays and re-indexes constraints
-    numbers = structure.spec.site_numbers(host)[idx]
-    changed = at.numbers != numbers
-    at.numbers = numbers
-    if "masses" in at.arrays:
-        at.arrays["masses"][changed] = atomic_masses[numbers[changed]]
-    at.calc = host.calc
-    return at
+    def _log_layers(self) -> None:
+        """One line per network layer (and a frame each before the last, which is the
+        prediction): its largest shift, the largest and RMS displacement so far, Å."""
+        name = type(self).__name__
+        n_layers = self.model.config.layers
+        self.logfile.write(f"{' ' * len(name)}  {'':5} {'layer':>5} {'stage':>5} "
+                           f"{'Shift[A]':>12} {'MaxDisp[A]':>12} {'RMSDisp[A]':>12}\n")
+        prev = self._start
+        for t, sites in enumerate(self.layers[1:], start=1):
+            pos = self._frame(sites).positions
+            shift = np.linalg.norm(pos - prev, axis=1).max()
+            disp = np.linalg.norm(pos - self._start, axis=1)
+            stage = (t - 1) // n_layers + 1
+            self.logfile.write(f"{name}:  {'layer':>5} {t:5d} {stage:5d} {shift:12.6f} "
+                               f"{disp.max():12.6f} {np.sqrt((disp ** 2).mean()):12.6f}\n")
+            if self.trajectory is not None and t < len(self.layers) - 1:
+                self._write_frame(self._frame(sites))
+            prev = pos

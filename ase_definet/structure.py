@@ -3,7 +3,7 @@ initial coordinates, and the map back to the user's atoms."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
@@ -29,7 +29,11 @@ class DefectStructure:
             structure, in the user's order (``spec.site_index`` when the user gave a
             host and a spec).
         offsets: (n_atoms, 3) Å, ``user_positions - site_positions[atom_sites]``: the
-            lattice translation undone when an atom was unwrapped.
+            lattice translation undone when an atom was unwrapped, plus ``translation``.
+        translation: (3,) Å, the rigid translation of the user's defective structure
+            against its host, removed from ``site_positions`` (so the graph and the
+            prediction do not depend on the two origins) and restored by
+            :meth:`atom_positions`; zero for a host plus a spec.
     """
 
     pristine: Atoms
@@ -37,6 +41,7 @@ class DefectStructure:
     site_positions: np.ndarray
     atom_sites: np.ndarray
     offsets: np.ndarray
+    translation: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -64,10 +69,11 @@ class DefectStructure:
         for at, what in ((pristine, "pristine host"), (defective, "defective structure")):
             check_min_distance(at.positions, pristine.cell[:], pristine.pbc, what)
         pos = pristine.positions.copy()
-        pos[match.site_index] += match.offsets
+        pos[match.site_index] += match.offsets - match.translation
         return cls(pristine=_plain_copy(pristine), spec=match.spec, site_positions=pos,
                    atom_sites=match.site_index,
-                   offsets=defective.positions - pos[match.site_index])
+                   offsets=defective.positions - pos[match.site_index],
+                   translation=match.translation)
 
     @classmethod
     def from_atoms(cls, atoms: Atoms, defects: SpecLike = None, pristine: Atoms | None = None,

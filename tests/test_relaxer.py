@@ -12,6 +12,7 @@ from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 from ase.io import read
 from ase.io.trajectory import Trajectory
+from ase.optimize.optimize import Optimizer
 
 from ase_definet import DefectSpec, DefiNetRelaxer
 from ase_definet.batch import relax_many
@@ -34,16 +35,31 @@ def same(a, b):
 def test_run_irun_nsteps_and_host_untouched(host, spec, model):
     before = snapshot(host)
     r = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
-    flags = list(r.irun())
-    assert flags == [False] * model.config.layers + [True]
-    assert r.nsteps == model.config.layers == r.get_number_of_steps()
+    assert list(r.irun()) == [True]  # the prediction is step 0; no polish steps
+    assert r.nsteps == 0 == r.get_number_of_steps()
     assert same(before, snapshot(host))  # the host given with defects= is not modified
     assert len(r.atoms) == len(host) - 2
     assert r.atoms.get_chemical_symbols()[0] == "W"
     assert np.abs(r.atoms.positions - host.positions[r.structure.spec.site_index(27)]).max() > 1e-3
+    assert r.layers.shape == (model.config.layers + 1, 27, 3)
     r2 = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
     assert r2.run() is True
     assert np.allclose(r2.atoms.positions, r.atoms.positions)
+
+
+def test_ase_optimizer_contract(host, spec, model):
+    r = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
+    assert isinstance(r, Optimizer)
+    assert r.converged() is False  # nothing predicted yet
+    assert r.run() is True and r.converged() is True
+    first = r.atoms.positions.copy()
+    assert r.run() is True  # a second run of a converged relaxer: True, nothing moves
+    assert r.run(steps=3) is True and r.nsteps == 0
+    assert np.array_equal(r.atoms.positions, first)
+    d = r.todict()
+    assert d["type"] == "optimization" and d["optimizer"] == "DefiNetRelaxer"
+    with pytest.raises(TypeError):
+        DefiNetRelaxer(host, spec)  # everything after atoms is keyword-only
 
 
 def test_in_place_update_of_defective_atoms(host, spec, model):
@@ -51,7 +67,7 @@ def test_in_place_update_of_defective_atoms(host, spec, model):
     defective.info["tag"] = "mine"
     defective.set_tags(np.arange(len(defective)))
     r = DefiNetRelaxer(defective, pristine=host, model=model, logfile=None)
-    assert r.atoms is defective
+    assert r.atoms is defective and r.relaxed is defective
     r.run()
     ref = DefiNetRelaxer(host, defects=spec, model=model, logfile=None)
     ref.run()
@@ -69,30 +85,51 @@ def test_observers_trajectory_and_todict(tmp_path, host, spec, model):
         r.attach(lambda tag: calls.append(tag), -1, "only-at-1")
         r.run()
         d = r.todict()
-    assert calls == [0, "only-at-1", 2]
+    assert calls == [0]  # observers run at step 0 (the prediction) and each polish step
     frames = read(traj, ":")
-    assert len(frames) == model.config.layers + 1
+    assert len(frames) == 2  # the input, then the prediction
     assert np.allclose(frames[0].positions, host.positions[r.structure.spec.site_index(27)])
     assert np.allclose(frames[-1].positions, r.atoms.positions)
     assert d["optimizer"] == "DefiNetRelaxer" and d["layers"] == 3
     assert d["cutoff"] == 5.0 and "V_S" in d["defects"]
+    with DefiNetRelaxer(host, defects=spec, model=model, logfile=None, trajectory=traj,
+                        per_layer=True) as r:
+        r.run()
+    frames = read(traj, ":")  # replaced, not appended: the input and every layer
+    assert len(frames) == model.config.layers + 1
+    for frame, sites in zip(frames, r.layers):
+        assert np.allclose(frame.positions, sites[r.structure.spec.site_index(27)], atol=1e-6)
+
+
+def _log_rows(text):
+    return [line.split() for line in text.splitlines() if line.strip()]
 
 
 def test_trajectory_object_and_logfiles(tmp_path, host, spec, model, capsys):
     with Trajectory(tmp_path / "t.traj", "w") as traj:
-        DefiNetRelaxer(host, defects=spec, model=model, logfile="-", trajectory=traj).run()
-    assert len(read(tmp_path / "t.traj", ":")) == 4
-    out = capsys.readouterr().out
-    assert "DefiNetRelaxer:     3" in out and "MaxDisp" in out
+        r = DefiNetRelaxer(host, defects=spec, model=model, logfile="-", trajectory=traj)
+        r.run()
+    assert len(read(tmp_path / "t.traj", ":")) == 2
+    rows = _log_rows(capsys.readouterr().out)
+    assert rows[0] == ["Step", "Time", "MaxDisp[A]", "RMSDisp[A]"]  # ASE's compact format
+    assert len(rows) == 2 and rows[1][:2] == ["DefiNetRelaxer:", "0"]
+    moved = np.linalg.norm(r.atoms.positions - host.positions[r.structure.spec.site_index(27)],
+                           axis=1)
+    assert float(rows[1][3]) == pytest.approx(moved.max(), abs=1e-6)
+    assert float(rows[1][4]) == pytest.approx(np.sqrt((moved ** 2).mean()), abs=1e-6)
     DefiNetRelaxer(host, defects=spec, model=model, logfile=None).run()
     assert capsys.readouterr().out == ""
     log = tmp_path / "relax.log"
     with DefiNetRelaxer(host, defects=spec, model=model, logfile=log) as r:
         r.run()
-    assert log.read_text().count("DefiNetRelaxer:") == 4
+    assert len(_log_rows(log.read_text())) == 2
     buf = io.StringIO()
-    DefiNetRelaxer(host, defects=spec, model=model, logfile=buf).run()
-    assert buf.getvalue().count("\n") == 5
+    DefiNetRelaxer(host, defects=spec, model=model, logfile=buf, per_layer=True).run()
+    rows = _log_rows(buf.getvalue())  # per-layer detail on request: one row per layer
+    layer_rows = [row for row in rows if row[1] == "layer"]
+    assert len(layer_rows) == model.config.layers
+    assert float(layer_rows[-1][5]) == pytest.approx(moved.max(), abs=1e-5)
+    assert rows[-1][:2] == ["DefiNetRelaxer:", "0"]
 
 
 def test_fixed_atoms_do_not_move(host, spec, model):
@@ -143,15 +180,22 @@ def test_polish_mode_reaches_fmax_with_emt():
     model = tiny_model(cutoff=4.0, displacement_init=0.05)  # gentle random displacements
     log = io.StringIO()
     r = DefiNetRelaxer(host, defects={"vacancies": [0]}, model=model, logfile=log)
-    assert r.run(fmax=0.02) is True
+    assert r.run(fmax=0.02) is True and r.converged() is True
     assert np.linalg.norm(r.atoms.get_forces(), axis=1).max() < 0.02
-    assert r.nsteps > model.config.layers
-    text = log.getvalue()
-    assert "DefiNetRelaxer:" in text and "BFGS:" in text
+    assert r.nsteps == r.polisher.nsteps > 0  # steps are polish (force) steps only
+    rows = _log_rows(log.getvalue())
+    assert [row[0] for row in rows].count("DefiNetRelaxer:") == 1
+    assert [row[0] for row in rows].count("BFGS:") == r.nsteps + 1  # its step 0 too
+    n = r.nsteps
+    assert r.run(fmax=0.02) is True and r.nsteps == n  # converged: no further step
+    calls = []
     r2 = DefiNetRelaxer(host, defects={"vacancies": [0]}, model=model, logfile=None,
                         polish_optimizer="FIRE")
+    r2.attach(lambda: calls.append(r2.nsteps))
     assert r2.run(fmax=0.02, steps=2) is False  # capped polish: not converged
-    assert r2.nsteps == model.config.layers + 2
+    assert r2.nsteps == 2 and calls == [0, 1, 2] and r2.converged() is False
+    assert r2.run(fmax=0.02, steps=1) is False and r2.nsteps == 3  # steps counted on
+    assert r2.run(fmax=0.02) is True and r2.converged() is True
 
 
 def test_auto_detects_builtin_host(model):
@@ -160,26 +204,57 @@ def test_auto_detects_builtin_host(model):
     d = DefectSpec(vacancies=(5,), substitutions={0: 74}).apply(host)
     r = DefiNetRelaxer(d, model=model, logfile=None)
     assert r.structure.spec == DefectSpec(vacancies=(5,), substitutions={0: 74})
-    lone = d.copy()
-    lone.positions[:, 2] += 3.0  # matches no registered host
-    with pytest.warns(UserWarning, match="no registered host"):
-        r = DefiNetRelaxer(lone, model=model, logfile=None)
+    alien = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    del alien[0]
+    with pytest.raises(ValueError, match="matches no built-in host.*pristine="):
+        DefiNetRelaxer(alien, model=model, logfile=None)
+    cu = tiny_model(elements=[29])
+    r = DefiNetRelaxer(alien, model=cu, logfile=None, marker_free=True)
     assert r.structure.spec.n_defects == 0
 
 
-def test_relax_many_matches_one_by_one(host, model):
-    specs = [{"vacancies": [1]}, {"substitutions": {0: "W"}}, {"vacancies": [3, 8]}]
-    d = DefectSpec.from_any(specs[2]).apply(host)
-    items = [(host, specs[0]), (host, specs[1]), (d, host)]
-    before = snapshot(host)
-    out = relax_many(items, model=model, batch_size=2, progress=False)
-    assert same(before, snapshot(host))
-    for (a, b), got in zip(items, out):
-        kw = {"pristine": b} if hasattr(b, "cell") else {"defects": b}
+def _constrained_host(host):
+    h = host.copy()
+    h.set_constraint(FixAtoms(indices=[1, 2, 20]))
+    h.info["label"] = "mine"
+    h.set_tags(np.arange(len(h)) % 3)
+    h.new_array("charge", np.linspace(-1.0, 1.0, len(h)))
+    return h
+
+
+def _assert_same_atoms(got, ref):
+    assert got.get_chemical_symbols() == ref.get_chemical_symbols()
+    assert np.abs(got.positions - ref.positions).max() < 1e-5
+    assert np.allclose(got.cell[:], ref.cell[:]) and (got.pbc == ref.pbc).all()
+    assert got.info == ref.info
+    assert sorted(got.arrays) == sorted(ref.arrays)
+    for key in got.arrays:
+        if key != "positions":
+            assert np.array_equal(got.arrays[key], ref.arrays[key]), key
+    assert [c.todict() for c in got.constraints] == [c.todict() for c in ref.constraints]
+
+
+def test_relax_many_equals_relaxer_one_by_one(host, model, rng):
+    h = _constrained_host(host)
+    specs = [{"vacancies": [1]}, {"substitutions": {0: "W"}, "vacancies": [4]}]
+    d = DefectSpec(vacancies=(3, 8), substitutions={2: "W"}).apply(h)
+    shuffled = d[rng.permutation(len(d))]  # any order; FixAtoms re-indexed with it
+    builtin = DefectSpec(vacancies=(5,)).apply(get_host("MoS2").pristine((3, 3, 1)))
+    items = [(h, specs[0]), (h, specs[1]), (shuffled, h), builtin]
+    before = [snapshot(x) for x in (h, shuffled, builtin)]
+    out = relax_many(items, model=model, batch_size=3, progress=False)
+    assert all(same(a, snapshot(x)) for a, x in zip(before, (h, shuffled, builtin)))
+    for item, got in zip(items, out):
+        if isinstance(item, tuple):
+            a, b = item
+            kw = {"pristine": b} if hasattr(b, "cell") else {"defects": b}
+        else:
+            a, kw = item, {}
         ref = DefiNetRelaxer(a.copy(), model=model, logfile=None, **kw)
         ref.run()
-        assert got.get_chemical_formula() == ref.atoms.get_chemical_formula()
-        assert np.abs(got.positions - ref.atoms.positions).max() < 1e-5
+        _assert_same_atoms(got, ref.atoms)
+    fixed = out[2].constraints[0].index
+    assert np.allclose(out[2].positions[fixed], shuffled.positions[fixed])  # fixed atoms stay
     with pytest.raises(ValueError, match="item 1: .*out of range"):
         relax_many([(host, specs[0]), (host, {"vacancies": [99]})], model=model)
 

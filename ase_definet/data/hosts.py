@@ -154,27 +154,10 @@ def _ensure_builtin() -> None:
 
 
 def find_host(atoms: Atoms, tolerance: float = 1.0) -> tuple[Host, Atoms] | None:
-    """Find a registered host whose supercell ``atoms`` is a defective version of.
-
-    The cell of ``atoms`` must be an integer (diagonal) repetition of the host's unit
-    cell, and every atom must lie within ``tolerance`` Å of a site. Returns
-    ``(host, pristine supercell)`` or ``None``.
+    """The registered host whose supercell ``atoms`` is a defective version of, and
+    that pristine supercell on ``atoms``' cell and origin (any supercell, vacuum, origin
+    or cell basis; see :func:`ase_definet.hostmatch.find_host`); ``None`` if none fits.
     """
-    from ..matching import match_to_host
+    from ..hostmatch import find_host as _find
 
-    _ensure_builtin()
-    for host in _REGISTRY.values():
-        unit = host.unit_cell.cell[:]
-        reps = atoms.cell[:] @ np.linalg.inv(unit)
-        rounded = np.round(reps)
-        if not np.allclose(reps, rounded, atol=1e-3) or not np.allclose(
-                rounded, np.diag(np.diag(rounded))) or (np.diag(rounded) < 1).any():
-            continue
-        pristine = host.pristine(tuple(int(r) for r in np.diag(rounded)))
-        pristine.cell = atoms.cell  # identical up to rounding
-        try:
-            match_to_host(atoms, pristine, tolerance)
-        except ValueError:
-            continue
-        return host, pristine
-    return None
+    return _find(atoms, tolerance)
