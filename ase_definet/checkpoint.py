@@ -9,6 +9,7 @@ Named weights live in the package folder ``ase_definet/weights`` (the repository
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -235,15 +236,20 @@ def _resolve_path(name_or_path: str | Path) -> Path:
 
 
 @lru_cache(maxsize=8)
-def _cached(path: str, device: str) -> DefiNet:
-    return load_checkpoint(path, device)[0]
+def _cached(path: str, mtime_ns: int, size: int) -> DefiNet:
+    """The model of a file as last written (a rewritten file is read anew), on the CPU;
+    never handed out: :func:`get_model` gives each caller a copy."""
+    return load_checkpoint(path, "cpu")[0]
 
 
 def get_model(model: str | Path | DefiNet = "default",
               device: str | torch.device | None = None) -> DefiNet:
     """A ready model from a weights name, a path or an instance (moved to ``device``).
 
-    Named and file weights are loaded once per process and device and shared.
+    Named and file weights are read once per process (again when the file changes) and
+    every call returns a model of its own, so one caller's ``extend_elements``,
+    fine-tuning or ``.to()`` never reaches another's. A ``DefiNet`` instance is the
+    caller's own and is returned itself, moved to ``device``.
     """
     from .device import resolve_device
 
@@ -254,4 +260,5 @@ def get_model(model: str | Path | DefiNet = "default",
         raise ValueError(f"model must be a weights name, a path or a DefiNet, got "
                          f"{type(model).__name__}")
     path = _resolve_path(model).resolve()
-    return _cached(str(path), str(dev))
+    stat = path.stat()
+    return copy.deepcopy(_cached(str(path), stat.st_mtime_ns, stat.st_size)).to(dev)
