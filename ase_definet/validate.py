@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .graph.neighbors import neighbor_graph
+
 MIN_DISTANCE = 0.5  # Å: atoms closer than this are an input error (H2 bonds: 0.74 Å)
 
 # bounds of a checkpoint's configuration (the paper: F=512, T=4, D=6 Å, N=50, 32 RBFs);
@@ -43,8 +45,7 @@ def check_min_distance(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
     """``ValueError`` if two atoms (or an atom and a periodic image) are closer than
     ``min_distance`` Å: such a cell is no physical input, and its neighbour list would
     grow without bound. Cost: one neighbour list of cutoff ``min_distance``."""
-    from .graph.neighbors import neighbor_graph
-
+    positions = np.asarray(positions, dtype=float)
     edge_index, shifts = neighbor_graph(positions, cell, pbc, min_distance)
     if edge_index.shape[1] == 0:
         return
@@ -65,7 +66,7 @@ def check_prediction(positions: np.ndarray, k: int) -> None:
         n = int((site_bad.any(axis=0) if site_bad.ndim > 1 else site_bad).sum())
         raise ValueError(f"the model predicted non-finite coordinates for structure {k} "
                          f"({n} site(s)): the weights are broken or the input is out of "
-                         "their range; nothing was written")
+                         "their range")
 
 
 def check_config(d: Any) -> None:
@@ -117,7 +118,7 @@ def check_output(path: str | Path, fmt: str | None) -> None:
         return
     try:
         guessed = filetype(str(path), read=False)
-    except Exception:  # ase raises several types for unknown names
+    except Exception:  # noqa: BLE001  ase raises several types for unknown names
         guessed = None
     if guessed not in writable:
         raise ValueError(f"cannot tell the output format from the name {path.name!r}; "
