@@ -235,6 +235,12 @@ def _resolve_path(name_or_path: str | Path) -> Path:
     raise ValueError(f"checkpoint file {str(name_or_path)!r} does not exist")
 
 
+def resolve_weights_path(name_or_path: str | Path) -> Path:
+    """The checkpoint file of a weights name (``"default"``) or a path; ``ValueError``
+    naming the available weights when there is none."""
+    return _resolve_path(name_or_path)
+
+
 @lru_cache(maxsize=8)
 def _cached(path: str, mtime_ns: int, size: int) -> DefiNet:
     """The model of a file as last written (a rewritten file is read anew), on the CPU;

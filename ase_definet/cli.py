@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 logger = logging.getLogger("ase_definet.cli")
@@ -60,12 +61,29 @@ def _format_of(path: Path) -> str | None:
         return None
 
 
+class _Once(argparse.Action):
+    """Store an option's value; the option given twice is an error (rather than the
+    last one silently winning over what the user also asked for)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in given:
+            parser.error(f"{option_string} was given twice; give all its values after "
+                         f"one {option_string}")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
 def _parse_substitutions(items: list[str]) -> dict[int, str]:
-    subs = {}
+    subs: dict[int, str] = {}
     for item in items:
         site, _, element = item.partition(":")
         if not element or not site.strip().lstrip("-").isdigit():
             raise ValueError(f"--substitute expects SITE:ELEMENT (e.g. 0:W), got {item!r}")
+        if int(site) in subs:
+            raise ValueError(f"--substitute: site {int(site)} is substituted twice "
+                             f"({int(site)}:{subs[int(site)]} and {item.strip()}); give "
+                             "each site once")
         subs[int(site)] = element.strip()
     return subs
 
@@ -74,12 +92,12 @@ def _read_inputs(args: argparse.Namespace):
     """(atoms, defects, pristine) from INPUT, --pristine, --vacancies and --substitute."""
     from ase.io import read
 
-    atoms = read(args.input)
-    pristine = read(args.pristine) if args.pristine else None
     defects = None
-    if args.vacancies or args.substitute:
+    if args.vacancies or args.substitute:  # checked before anything is read
         defects = {"vacancies": args.vacancies or [],
                    "substitutions": _parse_substitutions(args.substitute or [])}
+    atoms = read(args.input)
+    pristine = read(args.pristine) if args.pristine else None
     return atoms, defects, pristine
 
 
@@ -97,7 +115,9 @@ def cmd_relax(args: argparse.Namespace) -> int:
     try:
         with DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
                             device=args.device, logfile=None if args.quiet else "-",
-                            trajectory=traj, stages=args.stages) as relaxer:
+                            trajectory=traj, stages=args.stages,
+                            per_layer=args.per_layer,
+                            marker_free=args.marker_free) as relaxer:
             relaxer.run()
             write_atomic(args.output, relaxer.atoms, args.format)
         if traj:
@@ -134,15 +154,63 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .checkpoint import _resolve_path, read_metadata
+    from .checkpoint import read_metadata, resolve_weights_path
+
+    path = resolve_weights_path(args.weights)
+    cfg, meta = read_metadata(path)
+    if args.json:
+        from ase.data import chemical_symbols
+
+        d = cfg.to_dict()
+        d["elements"] = [chemical_symbols[z] for z in d["elements"]]
+        print(json.dumps({"path": str(path), "config": d, "metadata": meta}, indent=2))
+    else:
+        print(info_summary(path, cfg, meta))
+    return 0
+
+
+def info_summary(path, cfg, meta: dict) -> str:
+    """A checkpoint in a few lines: model, graph, elements, hosts, data, test metrics."""
     from ase.data import chemical_symbols
 
-    path = _resolve_path(args.weights)
-    cfg, meta = read_metadata(path)
-    d = cfg.to_dict()
-    d["elements"] = [chemical_symbols[z] for z in d["elements"]]
-    print(json.dumps({"path": str(path), "config": d, "metadata": meta}, indent=2))
-    return 0
+    from .data.hosts import get_host, host_names
+
+    symbols = [chemical_symbols[z] for z in cfg.elements]
+    hosts = [n for n in host_names()
+             if set(get_host(n).unit_cell.numbers.tolist()) <= set(cfg.elements)]
+    stages = cfg.refine + 1
+    extras = ", axial global channel" if cfg.axial_global else ""
+    data = meta.get("data")
+    description = data.get("description") if isinstance(data, dict) else data
+    lines = [f"path      {path}",
+             (f"model     DefiNet F={cfg.hidden}, {cfg.layers} layers x {stages} "
+              f"stage{'s' if stages > 1 else ''}{extras}"),
+             f"graph     cutoff {cfg.cutoff:g} Å, at most {cfg.max_neighbors} neighbours",
+             f"elements  {' '.join(symbols)}",
+             f"hosts     {' '.join(hosts) or '-'} (built-in hosts of these elements)"]
+    if description:
+        lines.append(f"data      {' '.join(str(description).split())[:200]}")
+    counts = [f"{k[2:]} {meta[k]}" for k in ("n_train", "n_val", "n_test") if k in meta]
+    if counts:
+        lines.append(f"pairs     {', '.join(counts)}")
+    metrics = meta.get("test_metrics")
+    if isinstance(metrics, dict) and metrics:
+        lines.append("")
+        lines.append(f"{'test MAE, Å':<14} {'all':>7} {'Dummy':>7} {'A3':>7} {'Dummy':>7} "
+                     f"{'ratio':>6}")
+        for group, m in metrics.items():
+            if not isinstance(m, dict) or "all" not in m:
+                continue
+            ratio = m["all"] / m["dummy_all"] if m.get("dummy_all") else float("nan")
+            lines.append(f"{group:<14} {m['all']:7.4f} {m.get('dummy_all', float('nan')):7.4f} "
+                         f"{m.get('A3', float('nan')):7.4f} "
+                         f"{m.get('dummy_A3', float('nan')):7.4f} {ratio:6.3f}")
+    elif isinstance(meta.get("metrics"), dict):
+        lines.append("metrics   " + ", ".join(f"{k} {v:.4g}" for k, v in meta["metrics"].items()
+                                              if isinstance(v, (int, float))))
+    lines.append("")
+    lines.append("(definet info --json for everything; the model card NAME.md for the rest)")
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,35 +220,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_structure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="defective structure (a built-in host's, or with "
+                   "--pristine), or the host with --vacancies/--substitute")
+    p.add_argument("--pristine", action=_Once, help="pristine host of a defective INPUT")
+    p.add_argument("--vacancies", type=int, nargs="+", action=_Once, metavar="SITE",
+                   help="vacant host site indices, e.g. 3 7")
+    p.add_argument("--substitute", nargs="+", action=_Once, metavar="SITE:ELEMENT",
+                   help="substitutions on host sites, e.g. 0:W 5:Se")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", action=_Once,
+                   help="weights name or checkpoint path (default: default)")
+    p.add_argument("--device", action=_Once,
+                   help="torch device (default: $DEFINET_DEVICE, else CUDA if present, "
+                   "else CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="definet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"definet {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("relax", help="relax one defect structure")
-    r.add_argument("input", help="defective structure, or the host with --vacancies/--substitute")
-    r.add_argument("--pristine", help="pristine host of a defective INPUT")
-    r.add_argument("--vacancies", type=int, nargs="+", help="vacant host site indices")
-    r.add_argument("--substitute", nargs="+", metavar="SITE:ELEMENT",
-                   help="substitutions on host sites, e.g. 0:W 5:Se")
-    r.add_argument("-o", "--output", required=True, help="output file (any ase.io format)")
-    r.add_argument("--format", help="ase.io format of the output (default: from its name)")
-    r.add_argument("--model", default="default", help="weights name or checkpoint path")
-    r.add_argument("--device", help="torch device (default: $DEFINET_DEVICE, CUDA, CPU)")
-    r.add_argument("--trajectory", help="write the input and every layer to this .traj")
-    r.add_argument("-q", "--quiet", action="store_true", help="no per-layer log")
-    r.add_argument("--stages", type=int, help="run only the first STAGES refinement "
-                   "stages of the weights: faster, less accurate (default all)")
+    _add_structure_args(r)
+    r.add_argument("-o", "--output", required=True, action=_Once,
+                   help="output file (any ase.io format, from its extension or --format)")
+    r.add_argument("--format", action=_Once,
+                   help="ase.io format of the output (default: from its name)")
+    _add_model_args(r)
+    r.add_argument("--trajectory", action=_Once,
+                   help="write the input, the prediction (and with --per-layer every "
+                   "layer) to this .traj")
+    r.add_argument("--per-layer", action="store_true",
+                   help="log (and write to the trajectory) every network layer")
+    r.add_argument("--marker-free", action="store_true",
+                   help="an INPUT of no built-in host and no --pristine: predict with every "
+                   "atom marked pristine (vacancies invisible to the network)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no log")
+    r.add_argument("--stages", type=int, action=_Once,
+                   help="run only the first STAGES refinement stages of the weights: "
+                   "faster, less accurate (default all)")
     r.set_defaults(func=cmd_relax)
 
-    i = sub.add_parser("info", help="show a checkpoint's settings and model card data")
-    i.add_argument("weights", nargs="?", default="default", help="weights name or path")
+    i = sub.add_parser("info", help="summarise a checkpoint: model, graph, elements, "
+                       "hosts, test metrics")
+    i.add_argument("weights", nargs="?", default="default",
+                   help="weights name or checkpoint path (default: default)")
+    i.add_argument("--json", action="store_true",
+                   help="print the full configuration and metadata as JSON")
     i.set_defaults(func=cmd_info)
 
     d = sub.add_parser("demo", help="relax a built-in defective MoS2 cell and show what moved")
-    d.add_argument("--model", default="default")
-    d.add_argument("--device")
+    _add_model_args(d)
     d.add_argument("-o", "--output", help="also write the relaxed structure here")
     d.add_argument("--plot", help="also draw the displacement field to this PNG")
     d.set_defaults(func=cmd_demo)
@@ -190,17 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate_parser(sub.add_parser("generate", help="label defect pairs with a teacher"))
     sub.choices["generate"].set_defaults(func=_run_generate)
     pl = sub.add_parser("plot", help="draw the predicted displacement (or error) field")
-    pl.add_argument("input", help="defective structure, or the host with --vacancies/--substitute")
-    pl.add_argument("--pristine", help="pristine host of a defective INPUT")
-    pl.add_argument("--vacancies", type=int, nargs="+")
-    pl.add_argument("--substitute", nargs="+", metavar="SITE:ELEMENT")
-    pl.add_argument("--reference", help="relaxed reference structure: draw the error field")
+    _add_structure_args(pl)
+    pl.add_argument("--reference", action=_Once,
+                    help="relaxed reference structure: draw the error field")
     pl.add_argument("--compare", action="store_true",
                     help="with --reference: three panels (reference and predicted "
                     "displacements, error) on one scale")
-    pl.add_argument("-o", "--output", required=True, help="PNG file")
-    pl.add_argument("--model", default="default")
-    pl.add_argument("--device")
+    pl.add_argument("-o", "--output", required=True, action=_Once, help="PNG file")
+    _add_model_args(pl)
     pl.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("summary", help="count the pairs of ase.db data files")
@@ -272,9 +366,34 @@ def _run_generate(args: argparse.Namespace) -> int:
 def _add_training_commands(sub) -> None:
     try:
         from .train.cli import add_commands
+        from .train.trainer import TrainConfig
     except ImportError:  # training module not available
         return
     add_commands(sub)
+    defaults = {f.name: (f.default_factory() if f.default_factory is not MISSING
+                         else f.default) for f in fields(TrainConfig)}
+    for name in ("train", "finetune", "evaluate", "card"):
+        if name in sub.choices:
+            _show_defaults(sub.choices[name], defaults)
+
+
+def _show_defaults(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """Append ``(default: X)`` to each option's help: its own default, else (for the
+    training options, None so that a --config file or a resume can set them) the
+    TrainConfig default."""
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        value = action.default
+        if value is None or value is argparse.SUPPRESS:
+            value = defaults.get(action.dest)
+        if value is None or value is False or value == {} or value == []:
+            continue
+        help_text = action.help or ""
+        if "default" in help_text:
+            continue
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        action.help = f"{help_text} (default: {shown})".strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,7 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # the reader went away (`definet info | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes
+        return 1
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"definet {args.command}: error: {err}", file=sys.stderr)
         return 2
