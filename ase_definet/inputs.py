@@ -91,7 +91,8 @@ def auto_structure(atoms: Atoms, elements: list[int] | None,
             f"atoms ({atoms.get_chemical_formula()}) matches no built-in host "
             f"({', '.join(host_names())}) by composition and in-plane lattice; give "
             "pristine=HOST (the defective structure's pristine supercell), or the host as "
-            "atoms with defects={...}, or marker_free=True to predict with every atom "
+            "atoms with defects={...}, or marker_free=True (definet relax --marker-free) to "
+            "predict with every atom "
             "marked pristine (vacancies invisible to the network)")
     host, pristine = found
     structure = DefectStructure.from_pair(atoms, pristine, elements, tolerance)
