@@ -51,7 +51,7 @@ def test_repeated_site_or_flag_is_refused(tmp_path, host_file, ckpt, capsys, arg
 
 def test_output_without_format_fails_before_relaxing(tmp_path, host_file, ckpt, capsys,
                                                      monkeypatch):
-    import ase_definet.relaxer as relaxer
+    from ase_definet import relaxer
 
     def boom(*a, **k):
         raise AssertionError("relaxed before checking the output name")

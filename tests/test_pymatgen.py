@@ -9,8 +9,8 @@ from ase_definet import DefectSpec, DefiNetRelaxer
 from ase_definet.batch import relax_many
 
 pytest.importorskip("pymatgen.core")
-from pymatgen.core import Structure  # noqa: E402
-from pymatgen.io.ase import AseAtomsAdaptor  # noqa: E402
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
 
 
 def test_structure_as_atoms_and_pristine(host, spec, model):
