@@ -40,10 +40,12 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
-from ..matching import DEFAULT_TOLERANCE, check_same_cell, match_to_host
+from ..matching import DEFAULT_TOLERANCE, Match, check_same_cell, match_to_host
 from .store import Pair, pair_from_match
 
 logger = logging.getLogger(__name__)
+
+HostsLike = Atoms | str | Path | Sequence[Atoms | str | Path]  # one host or several
 
 TRAJECTORY_SUFFIXES = (".traj",)
 FRAME_SUFFIXES = (".extxyz", ".xyz")  # runs only with fmt="runs" (else alternating pairs)
@@ -313,7 +315,7 @@ def read_run(source: str | Path, fmt: str = "auto", fmax: float | None = None) -
 
 
 # ------------------------------------------------------------------ hosts and pairs
-def load_hosts(pristine: Atoms | str | Path | Sequence[Atoms | str | Path]) -> dict[str, Atoms]:
+def load_hosts(pristine: HostsLike) -> dict[str, Atoms]:
     """Pristine hosts by material name (the host's reduced formula, or its file name
     when two hosts share a formula). Accepts Atoms, paths and globs."""
     items = [pristine] if isinstance(pristine, (Atoms, str, Path)) else list(pristine)
@@ -339,7 +341,8 @@ def load_hosts(pristine: Atoms | str | Path | Sequence[Atoms | str | Path]) -> d
     return hosts
 
 
-def match_run(first: Atoms, hosts: dict[str, Atoms], tolerance: float = DEFAULT_TOLERANCE):
+def match_run(first: Atoms, hosts: dict[str, Atoms], tolerance: float = DEFAULT_TOLERANCE
+              ) -> tuple[str, Atoms, Match]:
     """(material, host, match) of the first host that ``first`` matches.
 
     Raises:
@@ -400,7 +403,7 @@ def run_to_pair(run: Run, hosts: dict[str, Atoms], tolerance: float = DEFAULT_TO
     return pair
 
 
-def read_runs(sources: Iterable[str | Path], pristine, *, fmt: str = "auto",
+def read_runs(sources: Iterable[str | Path], pristine: HostsLike, *, fmt: str = "auto",
               fmax: float | None = None, tolerance: float = DEFAULT_TOLERANCE
               ) -> tuple[list[Pair], RunReport]:
     """Pairs from relaxation runs (files, VASP folders, globs) against ``pristine``
@@ -431,7 +434,7 @@ def read_runs(sources: Iterable[str | Path], pristine, *, fmt: str = "auto",
     return pairs, report
 
 
-def write_runs_db(sources: Iterable[str | Path], pristine, out: str | Path, *,
+def write_runs_db(sources: Iterable[str | Path], pristine: HostsLike, out: str | Path, *,
                   fmt: str = "auto", fmax: float | None = None,
                   val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0
                   ) -> tuple[int, RunReport]:
@@ -446,7 +449,7 @@ def write_runs_db(sources: Iterable[str | Path], pristine, out: str | Path, *,
 
     from .store import done_ids, write_pair
 
-    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+    if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise ValueError("val and test fractions must be >= 0 and sum to less than 1")
     pairs, report = read_runs(sources, pristine, fmt=fmt, fmax=fmax)
     done = done_ids(out)
