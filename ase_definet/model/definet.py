@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..graph import GraphBatch
+from .inference import stage_forward
 from .layers import MLP, ConsensusActivation, GaussianRBF, VectorLayerNorm, vector_norm
 from .scatter import scatter_mean, scatter_sum
 
@@ -305,6 +306,8 @@ class DefiNet(nn.Module):
 
     def _stage(self, g: GraphBatch) -> list[torch.Tensor]:
         """The first stage's T layers from ``g.positions``: ``[r^(0), ..., r^(T)]``."""
+        if not torch.is_grad_enabled():  # the same numbers, faster (model/inference.py)
+            return stage_forward(self, g)
         pos = g.positions
         x = self.element_embedding(self.element_index(g.numbers))
         n, F = x.shape

@@ -28,7 +28,10 @@ class GaussianRBF(nn.Module):
         self.width = float(cutoff) / max(n_rbf - 1, 1)
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
-        rbf = torch.exp(-0.5 * ((d[:, None] - self.centers) / self.width) ** 2)
+        arg = -0.5 * ((d[:, None] - self.centers) / self.width) ** 2
+        # exp below e^-80 (~1e-35) is set to 0: left alone it gives float32 denormals,
+        # which slowed the whole forward pass (the matmuls after it) by ~1.6x on the CPU
+        rbf = torch.where(arg > -80.0, torch.exp(arg.clamp(min=-80.0)), 0.0)
         env = 0.5 * (torch.cos(d * (math.pi / self.cutoff)) + 1.0) * (d < self.cutoff)
         return rbf * env[:, None]
 

@@ -1,0 +1,69 @@
+"""The inference-only forward pass (``model/inference.py``) gives the reference numbers:
+the autograd path of ``DefiNetLayer.forward``, and the stored output of the forward pass
+before it was optimised (issue 22), both on the shipped weights, to 1e-5 Å."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ase_definet import DefectStructure, get_model
+from ase_definet.data.hosts import get_host
+from ase_definet.graph import collate
+
+from .conftest import tiny_model
+
+TOL = 1e-5  # Å
+REFERENCE = Path(__file__).parent / "data" / "definet_reference.npy"
+# the structures of REFERENCE: every layer of every stage, (13, 48 + 32, 3) Å, float32
+# forward pass of weights/default.safetensors (v16) before issue 22
+ITEMS = [("MoS2", 4, {"vacancies": [1, 20], "substitutions": {6: "W", 31: "Se"}}),
+         ("hBN", 4, {"vacancies": [3], "substitutions": {10: "C"}})]
+
+
+def batch_of(model, items=ITEMS):
+    graphs = []
+    for name, n, spec in items:
+        host = replace(get_host(name), supercell=(n, n, 1)).pristine()
+        s = DefectStructure.from_host(host, spec, model.elements)
+        graphs.append(s.graph(model.cutoff, model.max_neighbors))
+    return collate(graphs, next(model.parameters()).dtype)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return get_model("default", "cpu").eval()
+
+
+def test_fast_forward_matches_reference_on_shipped_weights(shipped):
+    g = batch_of(shipped)
+    with torch.enable_grad():
+        ref = torch.stack(shipped(g)).detach()
+    with torch.inference_mode():
+        fast = torch.stack(shipped(g))
+    assert fast.shape == ref.shape == (13, 80, 3)
+    assert float((fast - ref).abs().max()) < TOL
+    stored = torch.from_numpy(np.load(REFERENCE)).to(fast.dtype)
+    assert float((fast - stored).abs().max()) < TOL
+    assert float((ref - stored).abs().max()) < TOL
+    # the test is not vacuous: the layers do move atoms
+    assert float((fast[-1] - fast[0]).abs().max()) > 0.05
+
+
+def test_fast_forward_follows_weight_changes():
+    """The fused weights are rebuilt when a parameter changes in place."""
+    model = tiny_model(refine=1, axial_global=True, dtype=torch.float64).eval()
+    items = [("MoS2", 2, {"vacancies": [1], "substitutions": {4: "W"}})]
+    g = batch_of(model, items)
+    for _ in range(2):
+        with torch.no_grad():
+            fast = torch.stack(model(g))
+        ref = torch.stack(model(g)).detach()
+        assert float((fast - ref).abs().max()) < 1e-9
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
