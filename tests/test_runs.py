@@ -136,7 +136,7 @@ def test_one_host_per_material(tmp_path, runs):
     assert pairs[1].spec.vacancies == (3,) and pairs[1].spec.substitutions == {5: 79}
 
 
-def test_pairs_command_writes_the_pair_schema(tmp_path, runs, monkeypatch):
+def test_pairs_command_writes_the_pair_schema(tmp_path, runs, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "host.cif", cu_host())
     for k, frames in enumerate(runs):
@@ -160,6 +160,9 @@ def test_pairs_command_writes_the_pair_schema(tmp_path, runs, monkeypatch):
         assert row.teacher == "vasp" and row.steps == len(runs[0])
     assert cli(argv) == 0  # a rerun adds nothing
     assert len(list(iter_pairs([tmp_path / "pairs.db"]))) == 6
+    capsys.readouterr()
+    assert cli(["summary", "pairs.db"]) == 0  # runs carry no density
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["all", "4", "2", "0", "6", "0"]
 
 
 @pytest.mark.parametrize("kind", ["vasp", "traj"])

@@ -21,9 +21,9 @@ def summarize(paths: list[Path]) -> str:
     for p in paths:
         with connect(p) as db:
             for row in db.select(columns=["key_value_pairs"]):
-                key = (row.material, row.density)
+                key = (row.material, row.get("density", "-"))  # runs: no density
                 if row.converged:
-                    conv[key + (row.split,)] += 1
+                    conv[key + (row.get("split"),)] += 1  # runs: no split yet
                     steps.setdefault(key, []).append(int(row.steps))
                 else:
                     failed[key] += 1
@@ -33,12 +33,14 @@ def summarize(paths: list[Path]) -> str:
     totals = Counter()
     for m, d in keys:
         row = [conv[(m, d, s)] for s in ("train", "val", "test")]
-        totals.update({"train": row[0], "val": row[1], "test": row[2], "failed": failed[(m, d)]})
+        n = sum(v for k, v in conv.items() if k[:2] == (m, d))  # with pairs of no split
+        totals.update({"train": row[0], "val": row[1], "test": row[2], "all": n,
+                       "failed": failed[(m, d)]})
         med = np.median(steps[(m, d)]) if steps.get((m, d)) else float("nan")
-        lines.append(f"{m:<9}{d:<8}{row[0]:>7}{row[1]:>6}{row[2]:>6}{sum(row):>7}"
+        lines.append(f"{m:<9}{d:<8}{row[0]:>7}{row[1]:>6}{row[2]:>6}{n:>7}"
                      f"{failed[(m, d)]:>11}{med:>14.0f}")
     lines.append(f"{'all':<17}{totals['train']:>7}{totals['val']:>6}{totals['test']:>6}"
-                 f"{totals['train'] + totals['val'] + totals['test']:>7}{totals['failed']:>11}")
+                 f"{totals['all']:>7}{totals['failed']:>11}")
     return "\n".join(lines)
 
 
