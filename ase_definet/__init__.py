@@ -12,6 +12,15 @@ from .structure import DefectStructure
 
 __version__ = "0.1.0"
 
-__all__ = ["DefiNet", "DefiNetConfig", "DefiNetRelaxer", "DefectSpec", "DefectStructure",
-           "available_weights", "get_model", "load_checkpoint", "save_checkpoint",
-           "__version__"]
+__all__ = [
+    "DefectSpec",
+    "DefectStructure",
+    "DefiNet",
+    "DefiNetConfig",
+    "DefiNetRelaxer",
+    "__version__",
+    "available_weights",
+    "get_model",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -57,7 +57,7 @@ def _format_of(path: Path) -> str | None:
 
     try:
         return filetype(str(path), read=False)
-    except Exception:  # ase raises several types for unknown names
+    except Exception:  # noqa: BLE001  (ase raises several types for unknown names)
         return None
 
 
@@ -188,6 +188,8 @@ def info_summary(path, cfg, meta: dict) -> str:
              f"graph     cutoff {cfg.cutoff:g} Å, at most {cfg.max_neighbors} neighbours",
              f"elements  {' '.join(symbols)}",
              f"hosts     {' '.join(hosts) or '-'} (built-in hosts of these elements)"]
+    if meta.get("weights_version"):
+        lines.insert(1, f"version   {meta['weights_version']}")
     if description:
         lines.append(f"data      {' '.join(str(description).split())[:200]}")
     counts = [f"{k[2:]} {meta[k]}" for k in ("n_train", "n_val", "n_test") if k in meta]

@@ -12,6 +12,7 @@ more capacity for large, rare moves matters more than precision in the far field
 
 from __future__ import annotations
 
+from itertools import pairwise
 
 import numpy as np
 
@@ -23,7 +24,7 @@ EDGES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, np.inf)
 def breakdown(err: np.ndarray, dummy: np.ndarray, edges=EDGES) -> list[dict]:
     """Rows per displacement bin from per-atom errors and Dummy errors (|d|), Å."""
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in pairwise(edges):
         s = (dummy >= lo) & (dummy < hi)
         if not s.any():
             continue
@@ -41,7 +42,7 @@ def worst_share(err: np.ndarray, fraction: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, model, dataset, arrays = evaluate_split_from_cli(__doc__, argv, split="val")
+    args, _model, dataset, arrays = evaluate_split_from_cli(__doc__, argv, split="val")
     err = np.linalg.norm(arrays["pred"] - arrays["true"], axis=1)
     dummy = np.linalg.norm(arrays["true"], axis=1)
     rows = breakdown(err, dummy)

@@ -37,7 +37,7 @@ def symmetric_label(sample: Sample, symprec: float = 1e-3) -> tuple[np.ndarray, 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    args, model, dataset, arrays = evaluate_split_from_cli(__doc__, argv, split="test")
+    args, _model, dataset, arrays = evaluate_split_from_cli(__doc__, argv, split="test")
     sums: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.zeros(4))
     start = 0
     n_ops = []

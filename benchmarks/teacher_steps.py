@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"pairs": len(rows), "median_steps_unrelaxed": statistics.median(
         r["steps_unrelaxed"] for r in rows), "median_steps_definet": statistics.median(
         r["steps_definet"] for r in rows), "median_reduction": statistics.median(red)}
-    print(f"{args.teacher} {args.optimizer} to {args.fmax} eV/Å on {len(rows)} {args.split} pairs: median "
+    print(f"{args.teacher} {args.optimizer} to {args.fmax} eV/Å on {len(rows)} {args.split} pairs: "
+          "median "
           f"{summary['median_steps_unrelaxed']:.0f} steps from the unrelaxed structure, "
           f"{summary['median_steps_definet']:.0f} from {args.model}'s prediction; median "
           f"reduction {100 * summary['median_reduction']:.0f} % (CSV: {args.csv})")

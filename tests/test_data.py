@@ -12,13 +12,16 @@ from ase.db import connect
 from ase.geometry import find_mic
 
 from ase_definet.data import generate
-from ase_definet.data.configs import (HIGH_CONCENTRATIONS, canonical_key,
-                                      high_density_configs, low_density_configs)
+from ase_definet.data.configs import (
+    HIGH_CONCENTRATIONS,
+    canonical_key,
+    high_density_configs,
+    low_density_configs,
+)
 from ase_definet.data.hosts import Host, get_host, host_names, register_host
 from ase_definet.data.splits import assign_split
 from ase_definet.data.store import iter_pairs, row_to_pair
-from ase_definet.data.symmetry import (site_permutations, symmetrize_vectors,
-                                       symmetry_operations)
+from ase_definet.data.symmetry import site_permutations, symmetrize_vectors, symmetry_operations
 
 SIZES = {"MoS2": 192, "WSe2": 192, "hBN": 128, "GaSe": 144, "InSe": 144, "BP": 144}
 

@@ -56,7 +56,7 @@ def test_unresolvable_offset_is_refused(host, model):
     d = DefectSpec(vacancies=(4,)).apply(host)
     d.positions += (0.0, 0.0, 1.4)  # more than the matching tolerance (1 Å)
     before = d.positions.copy()
-    with pytest.raises(ValueError, match="rigid offset of 1.4"):
+    with pytest.raises(ValueError, match=r"rigid offset of 1.4"):
         DefiNetRelaxer(d, pristine=host, model=model, logfile=None)
     assert np.array_equal(d.positions, before)
     m = match_to_host(d, host, tolerance=1.5)  # a larger tolerance resolves it

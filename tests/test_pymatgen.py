@@ -40,5 +40,5 @@ def test_relax_many_returns_structures_for_structures(host, spec, model):
 
 
 def test_other_types_are_refused(model):
-    with pytest.raises(ValueError, match="ase.Atoms or a pymatgen Structure"):
+    with pytest.raises(ValueError, match=r"ase.Atoms or a pymatgen Structure"):
         DefiNetRelaxer("MoS2.cif", model=model, logfile=None)

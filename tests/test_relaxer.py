@@ -206,7 +206,7 @@ def test_auto_detects_builtin_host(model):
     assert r.structure.spec == DefectSpec(vacancies=(5,), substitutions={0: 74})
     alien = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
     del alien[0]
-    with pytest.raises(ValueError, match="matches no built-in host.*pristine="):
+    with pytest.raises(ValueError, match=r"matches no built-in host.*pristine="):
         DefiNetRelaxer(alien, model=model, logfile=None)
     cu = tiny_model(elements=[29])
     r = DefiNetRelaxer(alien, model=cu, logfile=None, marker_free=True)
@@ -255,7 +255,7 @@ def test_relax_many_equals_relaxer_one_by_one(host, model, rng):
         _assert_same_atoms(got, ref.atoms)
     fixed = out[2].constraints[0].index
     assert np.allclose(out[2].positions[fixed], shuffled.positions[fixed])  # fixed atoms stay
-    with pytest.raises(ValueError, match="item 1: .*out of range"):
+    with pytest.raises(ValueError, match=r"item 1: .*out of range"):
         relax_many([(host, specs[0]), (host, {"vacancies": [99]})], model=model)
 
 

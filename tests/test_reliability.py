@@ -122,7 +122,7 @@ def test_kill_after_a_log_row_leaves_no_duplicate_epoch(tmp_path, monkeypatch):
 def test_corrupt_last_pt_is_refused_and_kept(tmp_path):
     train, val = datasets()
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 not a torch file")
-    with pytest.raises(ValueError, match="last.pt is corrupt or unreadable"):
+    with pytest.raises(ValueError, match=r"last.pt is corrupt or unreadable"):
         Trainer(cfg(tmp_path), train, val).try_resume()
     assert (tmp_path / "last.pt").read_bytes() == b"PK\x03\x04 not a torch file"
 
@@ -164,7 +164,7 @@ def test_non_finite_positions_are_refused(host, spec, model, value):
     assert np.array_equal(bad.positions, before, equal_nan=True)
     cell = host.copy()
     cell.cell[2, 2] = value
-    with pytest.raises(ValueError, match="non-finite .*cell"):
+    with pytest.raises(ValueError, match=r"non-finite .*cell"):
         DefectStructure.from_host(cell, spec)
 
 
@@ -274,7 +274,8 @@ def test_metadata_that_does_not_fit_the_tensors_is_refused(tmp_path, monkeypatch
                         ({"n_rbf": 16}, r"tensor layers.0.msg_rbf.weight has shape \(96, 32\)"),
                         ({"refine": 1}, "refine=1, but the file holds 0"),
                         ({"axial_global": True}, "axial_global"),
-                        ({"elements": [16, 42]}, r"tensor element_embedding.weight .* needs \(2, 32\)")):
+                        ({"elements": [16, 42]},
+                         r"tensor element_embedding.weight .* needs \(2, 32\)")):
         path = _raw_checkpoint(tmp_path / "m.safetensors", tensors, {**config, **change})
         with pytest.raises(ValueError, match=f"weights do not fit the saved config: {msg}"):
             load_checkpoint(path)
@@ -308,7 +309,7 @@ def test_atoms_closer_than_the_minimum_distance_are_refused(host, model):
     # of its own site): refused before the graph
     defective = host.copy()
     defective.positions[1] = defective.positions[0] + [0.0, 0.2, 0.0]
-    with pytest.raises(ValueError, match="0.20 Å apart"):
+    with pytest.raises(ValueError, match=r"0.20 Å apart"):
         DefiNetRelaxer(defective, pristine=host, model=model, logfile=None, tolerance=3.0)
     assert np.array_equal(defective.positions[1], host.positions[0] + [0.0, 0.2, 0.0])
 

@@ -150,7 +150,8 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "overall" in out and "A3" in out
     assert "on 10 pairs (all)" in out  # pairs without a split: all of them, not an error
-    rows = list(csv.DictReader(open(tmp_path / "ev" / "evaluation.csv")))
+    with open(tmp_path / "ev" / "evaluation.csv") as f:
+        rows = list(csv.DictReader(f))
     overall = next(r for r in rows if r["group"] == "overall")
     dummy = np.mean(np.concatenate([np.linalg.norm(p.relaxed_positions - p.unrelaxed.positions,
                                                    axis=1) for p in pairs]))
@@ -251,7 +252,7 @@ def test_torchrun_with_more_ranks_than_gpus_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ValueError, match="only 1 visible CUDA device.*--nproc_per_node=1"):
+    with pytest.raises(ValueError, match=r"only 1 visible CUDA device.*--nproc_per_node=1"):
         _dist_setup(torch.device("cuda"))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert _dist_setup(torch.device("cpu")) == (0, 1, torch.device("cpu"))

@@ -122,7 +122,7 @@ def test_read_recovers_specs_splits_and_positions(tmp_path):
     rel = read(tmp_path / "MoS2/CIF/a1_relaxed.cif")
     frac = rel.get_scaled_positions(wrap=False)
     assert (frac >= 0).all() and (frac < 1).all()
-    spec, unrelaxed, relaxed = expected["a1"]
+    _spec, unrelaxed, relaxed = expected["a1"]
     assert (relaxed @ np.linalg.inv(unrelaxed.cell[:]) < 0).any()  # so some atoms were wrapped
 
     pairs = read_2dmd(tmp_path, progress=False)
@@ -273,7 +273,7 @@ def test_read_write_read_2dmd_layout(tmp_path):
     src.mkdir()
     build_layout(src)
     first = read_2dmd(src, progress=False)
-    with pytest.raises(ValueError, match="not the ideal supercell|not a supercell"):
+    with pytest.raises(ValueError, match=r"not the ideal supercell|not a supercell"):
         write_2dmd(first, dst, progress=False)  # the built-in MoS2 cell is another one
     assert not dst.exists()  # nothing written on error
     write_2dmd(first, dst, unit_cells={"MoS2": read(src / "MoS2.cif")}, progress=False)
@@ -349,7 +349,7 @@ def test_read_errors(tmp_path):
     build_layout(tmp_path)
     with pytest.raises(ValueError, match="density must be"):
         read_2dmd(tmp_path, density="medium")
-    with pytest.raises(ValueError, match="no folder for material 'WSe2'.*found \\['MoS2'\\]"):
+    with pytest.raises(ValueError, match=r"no folder for material 'WSe2'.*found \['MoS2'\]"):
         read_2dmd(tmp_path, material="WSe2")
     # missing relaxed file: the message names the id
     d = tmp_path / "MoS2" / "CIF"
@@ -358,7 +358,7 @@ def test_read_errors(tmp_path):
         read_2dmd(tmp_path, progress=False)
     # an id listed in a csv without files
     (d / "b7_unrelaxed.cif").rename(tmp_path / "b7_unrelaxed.cif")
-    with pytest.raises(ValueError, match="atoms_id 'b7' of val.csv .* has no structure files"):
+    with pytest.raises(ValueError, match=r"atoms_id 'b7' of val.csv .* has no structure files"):
         read_2dmd(tmp_path, progress=False)
     (tmp_path / "b7_unrelaxed.cif").rename(d / "b7_unrelaxed.cif")
     (tmp_path / "b7_relaxed.cif").rename(d / "b7_relaxed.cif")

@@ -3,4 +3,4 @@
 from .graph import Graph, GraphBatch, build_graph, collate
 from .neighbors import check_cell, neighbor_graph
 
-__all__ = ["Graph", "GraphBatch", "build_graph", "collate", "check_cell", "neighbor_graph"]
+__all__ = ["Graph", "GraphBatch", "build_graph", "check_cell", "collate", "neighbor_graph"]

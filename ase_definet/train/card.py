@@ -25,8 +25,8 @@ def write_model_card(checkpoint: Path, test_set: PairDataset | None = None,
     table = ""
     if test_set is not None and len(test_set):
         acc, _ = evaluate_model(model, test_set, 16, device)
-        meta["test_metrics"] = {g: {r: acc.mae(g, r) for r in REGIONS + [f"dummy_{r}" for r in REGIONS]}
-                                for g in acc.groups()}
+        regions = REGIONS + [f"dummy_{r}" for r in REGIONS]
+        meta["test_metrics"] = {g: {r: acc.mae(g, r) for r in regions} for g in acc.groups()}
         meta["n_test"] = len(test_set)
         save_checkpoint(model, checkpoint, meta)
         table = format_table(acc)

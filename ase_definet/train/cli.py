@@ -128,7 +128,8 @@ def build_datasets(data: list[str], cutoff: float, max_neighbors: int | None, *,
     if material:
         full = full.subset(material=material)
     if len(full) == 0:
-        raise ValueError(f"no pairs found in {data}" + (f" for material {material}" if material else ""))
+        raise ValueError(f"no pairs found in {data}"
+                         + (f" for material {material}" if material else ""))
     if all(s.info.get("split") in ("train", "val", "test") for s in full.samples):
         return full.subset(split="train"), full.subset(split="val"), full.subset(split="test")
     g = torch.Generator().manual_seed(seed)
@@ -173,7 +174,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     init_from = getattr(args, "init_from", None)
     if init_from:
         overrides["init_from"] = init_from
-    cfg = TrainConfig.from_file(args.config, **overrides) if args.config else TrainConfig(**overrides)
+    cfg = (TrainConfig.from_file(args.config, **overrides) if args.config
+           else TrainConfig(**overrides))
     # a resume takes the saved run's settings for those not given (conflicts are refused)
     given = set(overrides) | (set(read_settings(args.config)) if args.config else set())
     cfg = with_saved_settings(cfg, given)

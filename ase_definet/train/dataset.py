@@ -300,7 +300,8 @@ def load_dataset(paths: Sequence[str | Path], cutoff: float, max_neighbors: int 
 def _sample_to_dict(s: Sample) -> dict[str, Any]:
     g = s.graph
     return {"numbers": torch.from_numpy(g.numbers), "markers": torch.from_numpy(g.markers),
-            "positions": torch.from_numpy(g.positions), "edge_index": torch.from_numpy(g.edge_index),
+            "positions": torch.from_numpy(g.positions),
+            "edge_index": torch.from_numpy(g.edge_index),
             "shifts": torch.from_numpy(g.shifts), "cell": torch.from_numpy(g.cell),
             "target": torch.from_numpy(s.target), "mask": torch.from_numpy(s.mask),
             "info": dict(s.info)}
