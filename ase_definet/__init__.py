@@ -9,6 +9,7 @@ from .defects import DefectSpec
 from .model import DefiNet, DefiNetConfig
 from .relaxer import DefiNetRelaxer
 from .structure import DefectStructure
+from .trust import OutOfRangeWarning
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "DefiNet",
     "DefiNetConfig",
     "DefiNetRelaxer",
+    "OutOfRangeWarning",
     "__version__",
     "available_weights",
     "get_model",

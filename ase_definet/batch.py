@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
+import numpy as np
 import torch
 from ase import Atoms
 from tqdm.auto import tqdm
@@ -18,11 +19,29 @@ from .matching import DEFAULT_TOLERANCE
 from .model import DefiNet
 from .predict import check_stages, predict_sites
 from .structure import DefectStructure
+from .trust import assess, domain_reasons, warn
 
 logger = logging.getLogger(__name__)
 
-Item = Union[Atoms, tuple[Atoms, Union[DefectSpec, dict, None]], tuple[Atoms, Atoms],
-             DefectStructure, Any]
+class RelaxResults(list):
+    """The results of :func:`relax_many` (a list, in the order of the items), with
+
+    Attributes:
+        uncertainty: per result, (n_atoms,) Å, the expected error of each atom's
+            predicted position (as :attr:`DefiNetRelaxer.uncertainty`).
+        bound90: per result, (n_atoms,) Å, the bound 90 % of errors stay below.
+        out_of_range: per result, the reasons it is out of the weights' range (each
+            also issued as an :class:`~ase_definet.trust.OutOfRangeWarning`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uncertainty: list[np.ndarray] = []
+        self.bound90: list[np.ndarray] = []
+        self.out_of_range: list[list[str]] = []
+
+
+Item = Atoms | tuple[Atoms, DefectSpec | dict | None] | tuple[Atoms, Atoms] | DefectStructure | Any
 
 
 def _job(item: Item, elements: list[int] | None, tolerance: float
@@ -63,7 +82,8 @@ def to_structure(item: Item, elements: list[int] | None = None,
 def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
                device: str | torch.device | None = None, batch_size: int = 32,
                progress: bool = True, tolerance: float = DEFAULT_TOLERANCE,
-               compile: bool = False, stages: int | None = None) -> list[Any]:
+               compile: bool = False, stages: int | None = None,
+               check_range: bool = True) -> RelaxResults:
     """Relax a list of defect structures, ``batch_size`` per forward pass.
 
     Each result is what ``DefiNetRelaxer`` gives for that item, to float tolerance:
@@ -81,6 +101,11 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
         compile: use ``torch.compile`` (pays off for hundreds of structures; pass the
             same ``DefiNet`` from ``get_model`` to reuse the compiled model across calls).
         stages: run only the first refinement stages of the weights (default all).
+        check_range: warn about structures out of the weights' range (as the relaxer).
+
+    Returns:
+        a :class:`RelaxResults` list, which also carries each result's ``uncertainty``,
+        ``bound90`` and ``out_of_range`` reasons.
 
     Every item is validated before any computation; a bad item raises ``ValueError``
     naming its index.
@@ -93,7 +118,8 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
             jobs.append(_job(item, net.elements, tolerance))
         except ValueError as err:
             raise ValueError(f"item {k}: {err}") from None
-    out: list[Any] = []
+    out = RelaxResults()
+    stages_run = stages or net.config.refine + 1
     chunks: Sequence[range] = [range(a, min(a + batch_size, len(jobs)))
                                for a in range(0, len(jobs), max(1, batch_size))]
     with tqdm(total=len(jobs), desc="DefiNet", unit="structure",
@@ -101,8 +127,16 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
         for rng in chunks:
             batch = [jobs[i] for i in rng]
             predicted = predict_sites(net, [s for s, _, _ in batch], compile=compile,
-                                      stages=stages)
-            for (s, target, template), sites in zip(batch, predicted):
+                                      stages=stages, all_layers=True)
+            for (s, target, template), layers in zip(batch, predicted):
+                sites = layers[-1]
+                host_order = s.spec.site_index(s.n_sites) if template is None else None
+                judged = assess(net, s, layers, stages_run, host_order)
+                reasons = (domain_reasons(net, s) + judged.reasons) if check_range else []
+                warn(reasons)
+                out.uncertainty.append(judged.uncertainty)
+                out.bound90.append(judged.bound90)
+                out.out_of_range.append(reasons)
                 if template is None:  # a DefectStructure: host order, host frame
                     target.positions = sites[s.spec.site_index(s.n_sites)]
                 else:

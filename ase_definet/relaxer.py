@@ -30,6 +30,7 @@ from ase.io.trajectory import Trajectory
 from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from ase.parallel import world
 
+from . import trust
 from .checkpoint import get_model
 from .defects import SpecLike
 from .inputs import like_input, prepare, to_atoms
@@ -37,6 +38,7 @@ from .matching import DEFAULT_TOLERANCE, describe
 from .model import DefiNet
 from .optimizers import get_optimizer
 from .predict import check_stages, model_device, predict_sites
+from .trust import assess, domain_reasons
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,18 @@ class DefiNetRelaxer(Optimizer):
         tolerance: site-matching tolerance, Å.
         stages: with weights that chain refinement stages, run only the first ones
             (faster, less accurate); default all.
+        check_range: warn (:class:`~ase_definet.trust.OutOfRangeWarning`) when the
+            structure lies outside the weights' training domain (an element pair or a
+            lattice never seen, a defect kind never seen) or the prediction's mean
+            uncertainty is above the calibrated threshold; the reasons are kept in
+            :attr:`out_of_range` and ``todict()``.
+        polish_from_lower: in polish mode, evaluate the calculator's energy at the
+            input and at the prediction and polish from the lower (kept in
+            :attr:`polish_start`); False always polishes from the prediction.
+
+    After the prediction, :attr:`uncertainty` is an array (len(atoms),) Å: the expected
+    error of each atom's predicted position (calibrated per checkpoint, see
+    ``definet calibrate``), and :attr:`bound90` the bound 90 % of errors stay below.
 
     Raises:
         ValueError: a bad defect spec, an element the weights have never seen, a
@@ -100,7 +114,8 @@ class DefiNetRelaxer(Optimizer):
                  polish_optimizer: str | type = "BFGS",
                  polish_kwargs: dict[str, Any] | None = None,
                  tolerance: float = DEFAULT_TOLERANCE, stages: int | None = None,
-                 marker_free: bool = False, master: bool | None = None, comm=world):
+                 marker_free: bool = False, check_range: bool = True,
+                 polish_from_lower: bool = True, master: bool | None = None, comm=world):
         self._input = atoms
         user_atoms = to_atoms(atoms, "atoms")
         host = None if pristine is None else to_atoms(pristine, "pristine")
@@ -119,6 +134,17 @@ class DefiNetRelaxer(Optimizer):
         self.layers: np.ndarray | None = None  # (S*T+1, n_sites, 3) Å once predicted
         self.timings: dict[str, float] = {}
         self.polisher: Optimizer | None = None
+        self.check_range = bool(check_range)
+        self.polish_from_lower = bool(polish_from_lower)
+        self.polish_start: str | None = None  # "prediction" or "input" once polishing
+        self.energies: dict[str, float] = {}  # eV at "input" and "prediction"
+        self.uncertainty: np.ndarray | None = None  # (n_atoms,) Å after the prediction
+        self.bound90: np.ndarray | None = None
+        self.uncertainty_calibrated: bool | None = None
+        self.out_of_range: list[str] = []
+        if self.check_range:
+            self.out_of_range = domain_reasons(self.model, self.structure)
+            trust.warn(self.out_of_range)
 
     # ------------------------------------------------------------ ASE optimizer API
     @property
@@ -135,7 +161,12 @@ class DefiNetRelaxer(Optimizer):
                 "refinement_stages": self.model.config.refine,
                 "stages_run": self.stages or self.model.config.refine + 1,
                 "polish_optimizer": self.polish_optimizer.__name__,
-                "defects": describe(self.structure.spec, self.structure.pristine)}
+                "defects": describe(self.structure.spec, self.structure.pristine),
+                "out_of_range": list(self.out_of_range),
+                "uncertainty_calibrated": self.uncertainty_calibrated,
+                "mean_uncertainty": (None if self.uncertainty is None
+                                     else float(self.uncertainty.mean())),
+                "polish_start": self.polish_start}
 
     def irun(self, fmax: float | None = None, steps: int = DEFAULT_MAX_STEPS
              ) -> Iterator[bool]:
@@ -158,6 +189,7 @@ class DefiNetRelaxer(Optimizer):
             yield True
             return
         if self.polisher is None:
+            self._choose_polish_start()
             self.polisher = self.polish_optimizer(self.atoms, logfile=self.logfile,
                                                   **self.polish_kwargs)
         self.max_steps = self.nsteps + steps
@@ -173,8 +205,8 @@ class DefiNetRelaxer(Optimizer):
         without ``fmax`` True once predicted, with it whether the forces are below
         ``fmax``."""
         converged = False
-        for converged in self.irun(fmax=fmax, steps=steps):
-            pass
+        for flag in self.irun(fmax=fmax, steps=steps):
+            converged = flag
         return converged
 
     def converged(self, forces: np.ndarray | None = None) -> bool:
@@ -193,6 +225,7 @@ class DefiNetRelaxer(Optimizer):
         if self.layers is None:
             self._relax_network()
         if self.polisher is None:
+            self._choose_polish_start()
             self.polisher = self.polish_optimizer(self.atoms, logfile=self.logfile,
                                                   **self.polish_kwargs)
         self.polisher.step()
@@ -219,12 +252,39 @@ class DefiNetRelaxer(Optimizer):
         self.layers = predict_sites(self.model, [self.structure], all_layers=True,
                                     stages=self.stages)[0]
         self.timings["predict"] = time.perf_counter() - t0
+        stages_run = self.stages or self.model.config.refine + 1
+        judged = assess(self.model, self.structure, self.layers, stages_run)
+        self.uncertainty, self.bound90 = judged.uncertainty, judged.bound90
+        self.uncertainty_calibrated = judged.calibrated
+        if self.check_range and judged.reasons:
+            self.out_of_range += judged.reasons
+            trust.warn(judged.reasons)
         if self.per_layer:
             self._log_layers()
         self.atoms.set_positions(self.structure.atom_positions(self.layers[-1]),
                                  apply_constraint=True)
         self.log()
         self.call_observers()
+
+    def _choose_polish_start(self) -> None:
+        """Polish from the lower-energy of the input and the prediction (one energy
+        call each), unless ``polish_from_lower`` is off; logged and kept."""
+        self.polish_start = "prediction"
+        if not self.polish_from_lower:
+            return
+        predicted = self.atoms.positions.copy()
+        e_pred = float(self.atoms.get_potential_energy())
+        self.atoms.set_positions(self._start, apply_constraint=False)
+        e_in = float(self.atoms.get_potential_energy())
+        self.energies = {"input": e_in, "prediction": e_pred}
+        if e_in < e_pred:
+            self.polish_start = "input"
+            logger.warning("the prediction's energy (%.4f eV) is above the input's "
+                           "(%.4f eV): polishing from the input", e_pred, e_in)
+        else:
+            self.atoms.set_positions(predicted, apply_constraint=False)
+        logger.info("polish starts from the %s (E_input %.4f eV, E_prediction %.4f eV)",
+                    self.polish_start, e_in, e_pred)
 
     def _frame(self, sites: np.ndarray) -> Atoms:
         frame = self.atoms.copy()  # no calculator: no stale results in the frame

@@ -110,6 +110,9 @@ def add_commands(sub) -> None:
     _add_data_args(c)
     c.add_argument("--notes", help="Markdown file whose text goes under 'Notes'")
     c.set_defaults(func=cmd_card)
+    from .calibrate import add_command as add_calibrate
+
+    add_calibrate(sub)
 
 
 def build_datasets(data: list[str], cutoff: float, max_neighbors: int | None, *,

@@ -1,0 +1,201 @@
+"""Calibrate a checkpoint's uncertainty and record its training domain; measure both.
+
+    definet calibrate default --data 'data/*_00[0-5].db' -o calibrated.safetensors
+
+fits, on the ``val`` split, one :class:`~ase_definet.uncertainty.Calibration` per number
+of stages run, records the :class:`~ase_definet.domain.Domain` of the ``train`` split
+(element-pair distances, defect kinds), and writes both into the checkpoint's metadata
+(tensors unchanged). :func:`uncertainty_report` measures a calibration on other pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from tqdm import tqdm
+
+from ..data.store import Pair
+from ..domain import Domain, defect_kinds
+from ..model import DefiNet
+from ..uncertainty import Calibration, fit_calibration, stage_spread
+from .dataset import PairDataset, iter_batches
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StructureRecord:
+    """Per-atom spreads and errors (Å) of one structure, for every number of stages."""
+
+    info: dict[str, Any]
+    spread: dict[int, np.ndarray] = field(default_factory=dict)  # stages -> (n_atoms,)
+    error: dict[int, np.ndarray] = field(default_factory=dict)  # stages -> (n_atoms,)
+    dummy: np.ndarray | None = None  # (n_atoms,) error of the unrelaxed input
+
+
+def collect(model: DefiNet, dataset: PairDataset, batch_size: int = 8,
+            progress: bool = True) -> list[StructureRecord]:
+    """One forward pass per batch; the spreads and errors of every stage count are read
+    off the layer outputs (stage s's prediction is the output of layer s*T)."""
+    T, S = model.config.layers, model.config.refine + 1
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    records: list[StructureRecord] = []
+    k = 0
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(iter_batches(dataset, batch_size, shuffle=False),
+                              total=-(-len(dataset) // batch_size), desc="calibration",
+                              unit="batch", disable=not progress):
+                layers = torch.stack(model(batch.to(device, dtype).graph)).double().cpu().numpy()
+                target = batch.target.double().numpy()
+                sizes = np.bincount(batch.graph.batch.numpy(), minlength=batch.graph.num_graphs)
+                off = 0
+                for info, n in zip(batch.infos, sizes):
+                    m = dataset[k].mask
+                    k += 1
+                    sl = slice(off, off + n)
+                    off += n
+                    rec = StructureRecord(info=dict(info))
+                    rec.dummy = np.linalg.norm(layers[0, sl][m] - target[sl][m], axis=1)
+                    for s in range(1, S + 1):
+                        run = layers[: s * T + 1, sl]
+                        rec.spread[s] = stage_spread(run, T)[m]
+                        rec.error[s] = np.linalg.norm(run[-1][m] - target[sl][m], axis=1)
+                    records.append(rec)
+    finally:
+        model.train(was)
+    return records
+
+
+def fit_all(records: list[StructureRecord]) -> dict[int, Calibration]:
+    """One calibration per number of stages, on the records' atoms."""
+    out = {}
+    for s in records[0].spread:
+        out[s] = fit_calibration(np.concatenate([r.spread[s] for r in records]),
+                                 np.concatenate([r.error[s] for r in records]),
+                                 [r.spread[s] for r in records])
+    return out
+
+
+def training_domain(pairs: Iterable[Pair]) -> Domain:
+    """The :class:`Domain` of training pairs (each distinct host measured once)."""
+    dom = Domain()
+    seen: set[tuple] = set()
+    for p in pairs:
+        key = (p.pristine.numbers.tobytes(), np.round(p.pristine.cell[:], 4).tobytes())
+        if key not in seen:
+            seen.add(key)
+            dom.add_host(Atoms(numbers=p.pristine.numbers, positions=p.pristine.positions,
+                               cell=p.pristine.cell, pbc=p.pristine.pbc))
+        dom.defect_kinds |= defect_kinds(p.pristine.numbers, p.spec.vacancies,
+                                         p.spec.substitutions)
+    return dom
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b)[0]) if len(a) > 2 else float("nan")
+
+
+def uncertainty_report(records: list[StructureRecord], cal: Calibration, stages: int,
+                       group_keys: tuple[str, ...] = ("material", "density", "axis")
+                       ) -> list[dict[str, Any]]:
+    """Per group (overall, then each value of ``group_keys``): Spearman between
+    predicted and actual per-atom error, and between per-structure mean uncertainty and
+    MAE; the fraction of atoms below the 90 % bound; atoms and structures counted."""
+    groups: dict[str, list[StructureRecord]] = {"overall": records}
+    for key in group_keys:
+        for r in records:
+            if key in r.info:
+                groups.setdefault(f"{key}={r.info[key]}", []).append(r)
+    rows = []
+    for name, recs in groups.items():
+        u = [cal.expected_error(r.spread[stages]) for r in recs]
+        b = np.concatenate([cal.bound90(r.spread[stages]) for r in recs])
+        e = [r.error[stages] for r in recs]
+        ua, ea = np.concatenate(u), np.concatenate(e)
+        rows.append({"group": name, "structures": len(recs), "atoms": len(ea),
+                     "atom_spearman": _spearman(ua, ea),
+                     "structure_spearman": _spearman(np.array([x.mean() for x in u]),
+                                                     np.array([x.mean() for x in e])),
+                     "below_bound90": float((ea <= b).mean()),
+                     "flagged": int(sum(x.mean() > cal.structure_threshold for x in u))})
+    return rows
+
+
+def format_report(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'group':24s} {'structs':>7s} {'atoms':>7s} {'rho_atom':>8s} "
+            f"{'rho_struct':>10s} {'<bound90':>8s} {'flagged':>7s}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['group']:24s} {r['structures']:7d} {r['atoms']:7d} "
+                     f"{r['atom_spearman']:8.3f} {r['structure_spearman']:10.3f} "
+                     f"{r['below_bound90']:8.3f} {r['flagged']:7d}")
+    return "\n".join(lines)
+
+
+def calibrate_checkpoint(weights: str, data: list[str], out: str, split: str = "val",
+                         train_split: str = "train", batch_size: int = 8,
+                         progress: bool = True) -> tuple[dict[int, Calibration], Domain]:
+    """Fit the calibrations on ``split`` and the domain on ``train_split`` of ``data``,
+    and write the checkpoint ``weights`` with both in its metadata to ``out`` (atomically;
+    ``out`` may be the input file; the tensors are unchanged)."""
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..data.store import iter_pairs
+    from .dataset import expand_paths
+
+    model, meta = load_checkpoint(weights)
+    files = expand_paths(data)
+    held = PairDataset.from_pairs(iter_pairs(files, split=split), model.cutoff,
+                                  model.max_neighbors, progress)
+    if len(held) < 5:
+        raise ValueError(f"only {len(held)} pair(s) in the {split!r} split of {data}: too "
+                         "few to calibrate on (need 5 or more)")
+    cals = fit_all(collect(model, held, batch_size, progress))
+    dom = training_domain(iter_pairs(files, split=train_split))
+    if not dom.distances:
+        raise ValueError(f"no pairs in the {train_split!r} split of {data} to take the "
+                         "training domain from")
+    meta = {**meta, "uncertainty": {str(s): c.to_dict() for s, c in cals.items()},
+            "domain": dom.to_dict()}
+    save_checkpoint(model, out, meta)
+    return cals, dom
+
+
+def add_command(sub) -> None:
+    """``definet calibrate``."""
+    c = sub.add_parser("calibrate", help="fit a checkpoint's uncertainty calibration and "
+                       "record its training domain (for the out-of-range warnings)")
+    c.add_argument("weights", help="weights name or .safetensors path")
+    c.add_argument("--data", nargs="+", required=True,
+                   help="ase.db pair files; quote globs (the package expands them)")
+    c.add_argument("--split", default="val", help="split the calibration is fitted on "
+                   "(default: %(default)s)")
+    c.add_argument("--train-split", default="train", help="split whose hosts and defect "
+                   "kinds are the training domain (default: %(default)s)")
+    c.add_argument("-o", "--out", required=True,
+                   help="output .safetensors (the input path updates it in place)")
+    c.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    c.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    cals, dom = calibrate_checkpoint(args.weights, args.data, args.out, args.split,
+                                     args.train_split, args.batch_size)
+    for s, c in sorted(cals.items()):
+        print(f"stages={s}: {c.n_atoms} atoms, expected error {c.mean[0]:.4f}-"
+              f"{c.mean[-1]:.4f} Å, structure threshold {c.structure_threshold:.4f} Å")
+    print(f"domain: {len(dom.distances)} element pairs, defect kinds "
+          f"{', '.join(sorted(dom.defect_kinds))}")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,172 @@
+"""Trust: per-atom uncertainty (stage spread, calibrated), out-of-range warnings, and a
+polish that never starts from a worse structure."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase.calculators.calculator import Calculator, all_changes
+from ase.constraints import FixAtoms
+
+from ase_definet import DefiNetRelaxer, OutOfRangeWarning
+from ase_definet.batch import relax_many
+from ase_definet.domain import Domain, defect_kinds, host_distances
+from ase_definet.uncertainty import Calibration, fit_calibration, stage_spread
+
+from .conftest import small_host, tiny_model
+
+
+def staged_model(seed: int = 0):
+    model = tiny_model(seed, refine=2, displacement_init=0.1)
+    model.metadata = {}
+    return model
+
+
+def test_stage_spread_sums_the_corrections_after_the_first_stage():
+    T, n = 2, 4
+    layers = np.zeros((3 * T + 1, n, 3))
+    layers[T, :, 0] = 1.0  # stage 1 moves every site by 1 Å: not counted
+    layers[2 * T, :, 0] = 1.0
+    layers[2 * T, 1, 0] = 1.3  # stage 2 moves site 1 by 0.3 Å
+    layers[3 * T, 1, 0] = 1.0  # stage 3 moves it back
+    layers[3 * T, 2, 1] = 0.4  # and site 2 by 0.4 Å (on top of its 1 Å in x)
+    layers[3 * T, 2, 0] = 1.0
+    layers[3 * T, [0, 3], 0] = 1.0
+    assert stage_spread(layers, T) == pytest.approx([0, 0.6, 0.4, 0])
+    one = np.zeros((T + 1, n, 3))
+    one[T, 0, 2] = 0.2
+    assert stage_spread(one, T) == pytest.approx([0.2, 0, 0, 0])  # one stage: last layer
+    with pytest.raises(ValueError, match="whole stages"):
+        stage_spread(np.zeros((4, n, 3)), 2)
+
+
+def test_calibration_is_monotone_and_its_90_percent_bound_holds():
+    rng = np.random.default_rng(0)
+    spread = rng.lognormal(-5, 1.2, 20000)
+    error = 2.0 * spread * rng.exponential(1.0, spread.size)  # heteroscedastic
+    cal = fit_calibration(spread, error, [spread[:100], spread[100:300]])
+    x = np.geomspace(1e-5, 1.0, 50)
+    assert (np.diff(cal.expected_error(x)) >= 0).all() and (np.diff(cal.bound90(x)) >= 0).all()
+    s2 = rng.lognormal(-5, 1.2, 20000)  # fresh draws of the same law
+    e2 = 2.0 * s2 * rng.exponential(1.0, s2.size)
+    assert 0.87 < (e2 <= cal.bound90(s2)).mean() < 0.93
+    assert cal.expected_error(s2).mean() == pytest.approx(e2.mean(), rel=0.1)
+    back = Calibration.from_dict(cal.to_dict())
+    assert back == cal
+    bad = cal.to_dict() | {"knots": cal.knots[::-1]}
+    with pytest.raises(ValueError, match="knots must increase"):
+        Calibration.from_dict(bad)
+
+
+def test_uncertainty_of_the_relaxer_in_the_order_of_its_atoms(host):
+    model = staged_model()
+    r = DefiNetRelaxer(host, defects={"vacancies": [4], "substitutions": {0: "W"}},
+                       model=model, logfile=None)
+    assert r.uncertainty is None
+    r.run()
+    assert r.uncertainty.shape == (len(r.atoms),) and np.isfinite(r.uncertainty).all()
+    assert (r.uncertainty >= 0).all() and r.uncertainty.max() > 0
+    assert r.uncertainty_calibrated is False  # a model without calibration: raw spread
+    # a (defective, pristine) input in another order: the uncertainty follows its atoms
+    defective = r.atoms.copy()
+    perm = np.random.default_rng(1).permutation(len(defective))
+    shuffled = defective[perm]
+    r2 = DefiNetRelaxer(shuffled.copy(), pristine=host, model=model, logfile=None)
+    r2.run()
+    r3 = DefiNetRelaxer(defective.copy(), pristine=host, model=model, logfile=None)
+    r3.run()
+    assert r2.uncertainty == pytest.approx(r3.uncertainty[perm], abs=1e-6)
+    # relax_many gives the same uncertainty per item
+    res = relax_many([(shuffled, host), (defective, host)], model=model, progress=False)
+    assert res.uncertainty[0] == pytest.approx(r2.uncertainty, abs=1e-6)
+    assert res.uncertainty[1] == pytest.approx(r3.uncertainty, abs=1e-6)
+    assert res.out_of_range == [[], []]
+
+
+def test_calibrated_uncertainty_and_the_structure_threshold(host):
+    model = staged_model()
+    cal = Calibration(knots=(1e-4, 1e-2), mean=(0.001, 0.05), q90=(0.002, 0.1),
+                      structure_threshold=1e-9)
+    model.metadata = {"uncertainty": {"3": cal.to_dict()}}
+    with pytest.warns(OutOfRangeWarning, match="above the calibrated threshold"):
+        r = DefiNetRelaxer(host, defects={"vacancies": [4]}, model=model, logfile=None)
+        r.run()
+    assert r.uncertainty_calibrated and (r.bound90 >= r.uncertainty).all()
+    assert r.todict()["out_of_range"] and r.todict()["mean_uncertainty"] > 0
+    r1 = DefiNetRelaxer(host, defects={"vacancies": [4]}, model=model, logfile=None, stages=1)
+    r1.run()  # no calibration for one stage: raw spread, nothing flagged
+    assert r1.uncertainty_calibrated is False and r1.out_of_range == []
+
+
+def _domain_model(host):
+    model = staged_model()
+    dom = Domain()
+    dom.add_host(host)
+    dom.defect_kinds = defect_kinds(host.numbers, [4], {0: 74, 5: 34})
+    model.metadata = {"domain": dom.to_dict()}
+    return model
+
+
+def test_no_warning_in_range_warnings_for_strain_chemistry_and_antisites(host):
+    model = _domain_model(host)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfRangeWarning)
+        r = DefiNetRelaxer(host, defects={"vacancies": [10], "substitutions": {3: "W"}},
+                           model=model, logfile=None)
+        r.run()
+    assert r.out_of_range == []
+    strained = host.copy()
+    strained.set_cell(host.cell[:] * [1.04, 1.04, 1.0], scale_atoms=True)
+    with pytest.warns(OutOfRangeWarning, match="distances outside the trained range.*Mo-S"):
+        DefiNetRelaxer(strained, defects={"vacancies": [4]}, model=model, logfile=None)
+    with pytest.warns(OutOfRangeWarning, match=r"defect kind\(s\) S>Mo never seen"):  # antisite
+        DefiNetRelaxer(host, defects={"substitutions": {1: "Mo"}}, model=model, logfile=None)
+    ws2 = host.copy()
+    ws2.numbers[ws2.numbers == 42] = 74
+    with pytest.warns(OutOfRangeWarning, match=r"element pair\(s\) .*S-W.* never seen"):
+        r = DefiNetRelaxer(ws2, defects={"vacancies": [4]}, model=model, logfile=None)
+    assert any("S-W" in x for x in r.todict()["out_of_range"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfRangeWarning)
+        DefiNetRelaxer(ws2, defects={"vacancies": [4]}, model=model, logfile=None,
+                       check_range=False)
+
+
+def test_host_distances_of_mos2():
+    d = host_distances(small_host(3))
+    assert d["Mo-S"] == pytest.approx(2.41, abs=0.02) and d["Mo-Mo"] == pytest.approx(3.19)
+
+
+class Spring(Calculator):
+    """E = k |x - x0|^2 about given positions: a structure is worse the further it is."""
+
+    implemented_properties = ("energy", "forces")
+
+    def __init__(self, x0, k=1.0):
+        super().__init__()
+        self.x0, self.k = np.array(x0), k
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        d = atoms.positions - self.x0
+        self.results = {"energy": self.k * float((d ** 2).sum()), "forces": -2 * self.k * d}
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_polish_starts_from_the_lower_of_input_and_prediction(host, switch):
+    model = staged_model()
+    r0 = DefiNetRelaxer(host, defects={"vacancies": [4]}, model=model, logfile=None)
+    atoms = r0.atoms  # the unrelaxed defective structure
+    atoms.calc = Spring(atoms.positions)  # the input is the minimum: the prediction is worse
+    atoms.set_constraint(FixAtoms([0]))
+    r0.polish_from_lower = switch
+    r0.run(fmax=0.05, steps=50)
+    if switch:
+        assert r0.polish_start == "input"
+        assert r0.energies["input"] < r0.energies["prediction"]
+        assert r0.nsteps == 0  # already at the minimum: no polish step needed
+    else:
+        assert r0.polish_start == "prediction" and r0.nsteps > 0
+    assert r0.todict()["polish_start"] == r0.polish_start
