@@ -67,14 +67,12 @@ def plot_field(structure: DefectStructure, predicted: np.ndarray, path: str | Pa
                ) -> Path:
     """Top view of the displacement (or error) field, arrows scaled and coloured by
     magnitude, vacancies and substitutions marked; saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     start, arrows = displacement_field(structure, predicted, reference)
     scale = scale or _arrow_scale(arrows)
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
     q = _draw(ax, structure, start, arrows, scale)
     fig.colorbar(q, ax=ax, shrink=0.75, label=("|error|" if reference is not None
                                                else "|displacement|") + " [Å]")
@@ -86,7 +84,6 @@ def plot_field(structure: DefectStructure, predicted: np.ndarray, path: str | Pa
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=140)
-    plt.close(fig)
     return path
 
 
@@ -100,17 +97,15 @@ def plot_comparison(structure: DefectStructure, predicted: np.ndarray, reference
         predicted: (n_atoms, 3) Å predicted relaxed positions, host order.
         reference: (n_atoms, 3) Å reference relaxed positions, host order.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     start, teacher = displacement_field(structure, reference)
     _, model = displacement_field(structure, predicted)
     _, error = displacement_field(structure, predicted, reference)
     scale = _arrow_scale(teacher)
     vmax = float(np.percentile(np.linalg.norm(teacher, axis=1), 99)) or None
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2), layout="constrained")
+    fig = Figure(figsize=(18, 5.2), layout="constrained")
+    axes = fig.subplots(1, 3)
     panels = [("teacher (reference) displacement", teacher), ("DefiNet displacement", model),
               ("error: DefiNet - teacher", error)]
     for ax, (name, arrows) in zip(axes, panels, strict=True):
@@ -123,7 +118,6 @@ def plot_comparison(structure: DefectStructure, predicted: np.ndarray, reference
         fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

@@ -20,6 +20,17 @@ from ase_definet.train.metrics import distance_to_defects
 from .conftest import small_host, tiny_model
 
 
+@pytest.fixture(autouse=True)
+def deterministic():
+    """Deterministic kernels, as `definet train` sets them (set_up_torch): exact resumes
+    on any number of threads. Restored afterwards."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def synthetic_pairs(n: int, seed: int = 0, sub: str = "W") -> list[Pair]:
     """Atoms near a vacancy move 0.2 Å toward it, scaled by exp(-d/2)."""
     rng = np.random.default_rng(seed)

@@ -163,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..checkpoint import get_model
     from ..model import DefiNet, DefiNetConfig
     from .card import write_model_card
-    from .trainer import TrainConfig, Trainer, read_settings, with_saved_settings
+    from .trainer import TrainConfig, Trainer, read_settings, set_up_torch, with_saved_settings
 
     keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
             "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "input_noise",
@@ -255,6 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         meta["finetuned_from"] = str(cfg.init_from)
     if widened:
         meta["widened"] = widened
+    set_up_torch(cfg)  # threads, deterministic mode, seed: the entry point's to set
     trainer = Trainer(cfg, train, val, model=model, metadata=meta)
     trainer.try_resume()
     result = trainer.fit()

@@ -91,13 +91,11 @@ def write_csv(acc: ErrorAccumulator, path: str | Path) -> None:
 def plot_parity(arrays: dict[str, np.ndarray], path: str | Path, title: str = "") -> None:
     """Parity of predicted vs true displacement components, and |error| vs distance to
     the nearest defect, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     true, pred, near = arrays["true"], arrays["pred"], arrays["near"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.4))
+    fig = Figure(figsize=(10, 4.4))
+    a, b = fig.subplots(1, 2)
     lim = float(max(np.abs(true).max(initial=0.1), np.abs(pred).max(initial=0.1))) * 1.05
     for c, name in enumerate("xyz"):
         a.scatter(true[:, c], pred[:, c], s=3, alpha=0.4, label=name)
@@ -116,7 +114,6 @@ def plot_parity(arrays: dict[str, np.ndarray], path: str | Path, title: str = ""
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def evaluate_split_from_cli(description: str, argv: list[str] | None, split: str = "val"

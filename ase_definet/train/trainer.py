@@ -265,6 +265,19 @@ def _dist_setup(device: torch.device) -> tuple[int, int, torch.device]:
     return torch.distributed.get_rank(), world, device
 
 
+def set_up_torch(config: TrainConfig) -> None:
+    """The process-wide torch settings of a training run: CPU threads, deterministic
+    algorithms, the global seed. For entry points (``definet train``) to call before
+    building a :class:`Trainer`; the library itself leaves global state alone."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        # the backward of gathers accumulates in thread order otherwise; Adam turns
+        # those 1e-12 differences into visible ones, breaking exact resumes
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(config.seed)
+
+
 def _fingerprint(model: nn.Module, exclude: str) -> str:
     """SHA-256 of the state-dict tensors whose names do not start with ``exclude``."""
     h = hashlib.sha256()
@@ -295,20 +308,18 @@ class Trainer:
         self.data_fingerprint = {"train": dataset_fingerprint(train),
                                  "val": dataset_fingerprint(val)}
         self.rank, self.world, self.device = _dist_setup(resolve_device(config.device))
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        if config.deterministic:
-            # the backward of gathers accumulates in thread order otherwise; Adam turns
-            # those 1e-12 differences into visible ones, breaking exact resumes
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(config.seed)
-        if model is None:
-            model = DefiNet(DefiNetConfig(**{**config.model,
-                                             "elements": train.elements}))
-        missing = sorted(set(train.elements + val.elements) - set(model.elements))
-        if missing:
-            added = model.extend_elements(missing)
-            logger.info("added element(s) %s to the embedding", added)
+        # threads, deterministic mode and the global seed are the entry point's
+        # (set_up_torch); the initial weights come from config.seed alone, and the
+        # caller's random state is restored afterwards
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            if model is None:
+                model = DefiNet(DefiNetConfig(**{**config.model,
+                                                 "elements": train.elements}))
+            missing = sorted(set(train.elements + val.elements) - set(model.elements))
+            if missing:
+                added = model.extend_elements(missing)
+                logger.info("added element(s) %s to the embedding", added)
         self.full: DefiNet | None = None  # the whole model while its last stage trains alone
         self.frozen = ""  # fingerprint of the frozen stages' weights (staged training)
         if config.train_stage is not None:
