@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+import numpy as np
+
 logger = logging.getLogger("ase_definet.cli")
 
 
@@ -119,14 +121,20 @@ def cmd_relax(args: argparse.Namespace) -> int:
                             per_layer=args.per_layer,
                             marker_free=args.marker_free) as relaxer:
             relaxer.run()
-            write_atomic(args.output, relaxer.atoms, args.format)
+            result = relaxer.atoms
+            if (args.format or _format_of(Path(args.output))) == "extxyz":
+                result = result.copy()  # per-atom uncertainty (Å) as arrays of the file
+                result.arrays["uncertainty"] = relaxer.uncertainty
+                result.arrays["bound90"] = relaxer.bound90
+            write_atomic(args.output, result, args.format)
         if traj:
             os.replace(traj, args.trajectory)
     finally:
         if traj:
             Path(traj).unlink(missing_ok=True)
-    logger.info("wrote %s (%d atoms; %s)", args.output, len(relaxer.atoms),
-                relaxer.todict()["defects"])
+    logger.info("wrote %s (%d atoms; %s); mean uncertainty %.4f Å, largest %.4f Å",
+                args.output, len(relaxer.atoms), relaxer.todict()["defects"],
+                relaxer.uncertainty.mean(), relaxer.uncertainty.max())
     return 0
 
 
@@ -148,7 +156,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise ValueError("--compare needs --reference (the relaxed reference structure)")
         plot_comparison(s, predicted, ref, args.output)
     else:
-        plot_field(s, predicted, args.output, reference=ref)
+        unc = None
+        if args.color == "uncertainty":  # the user's atom order -> host order
+            per_site = np.zeros(s.n_sites)
+            per_site[s.atom_sites] = relaxer.uncertainty
+            unc = per_site[s.spec.site_index(s.n_sites)]
+        plot_field(s, predicted, args.output, reference=ref, uncertainty=unc)
     logger.info("wrote %s", args.output)
     return 0
 
@@ -295,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--compare", action="store_true",
                     help="with --reference: three panels (reference and predicted "
                     "displacements, error) on one scale")
+    pl.add_argument("--color", choices=("length", "uncertainty"), default="length",
+                    help="colour the arrows by their length or by the predicted per-atom "
+                    "uncertainty (default: %(default)s)")
     pl.add_argument("-o", "--output", required=True, action=_Once, help="PNG file")
     _add_model_args(pl)
     pl.set_defaults(func=cmd_plot)

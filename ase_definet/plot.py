@@ -29,9 +29,10 @@ def displacement_field(structure: DefectStructure, predicted: np.ndarray,
 
 
 def _draw(ax, structure: DefectStructure, start: np.ndarray, arrows: np.ndarray,
-          scale: float, vmax: float | None = None):
-    """One top-view panel; returns the quiver (for a colour bar)."""
-    mag = np.linalg.norm(arrows, axis=1)
+          scale: float, vmax: float | None = None, color: np.ndarray | None = None):
+    """One top-view panel, arrows coloured by their length or by ``color`` (n_atoms,);
+    returns the quiver (for a colour bar)."""
+    mag = np.linalg.norm(arrows, axis=1) if color is None else np.asarray(color)
     cell = structure.pristine.cell[:]
     corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]) @ cell[:2, :2]
     ax.plot(corners[:, 0], corners[:, 1], "k-", lw=0.6)
@@ -63,23 +64,26 @@ def _arrow_scale(arrows: np.ndarray) -> float:
 
 
 def plot_field(structure: DefectStructure, predicted: np.ndarray, path: str | Path,
-               reference: np.ndarray | None = None, title: str = "", scale: float | None = None
-               ) -> Path:
+               reference: np.ndarray | None = None, title: str = "", scale: float | None = None,
+               uncertainty: np.ndarray | None = None) -> Path:
     """Top view of the displacement (or error) field, arrows scaled and coloured by
-    magnitude, vacancies and substitutions marked; saved as PNG."""
+    magnitude (or by ``uncertainty``, (n_atoms,) Å in host order), vacancies and
+    substitutions marked; saved as PNG."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     start, arrows = displacement_field(structure, predicted, reference)
     scale = scale or _arrow_scale(arrows)
     fig = Figure(figsize=(8, 7))
     ax = fig.subplots()
-    q = _draw(ax, structure, start, arrows, scale)
-    fig.colorbar(q, ax=ax, shrink=0.75, label=("|error|" if reference is not None
-                                               else "|displacement|") + " [Å]")
+    q = _draw(ax, structure, start, arrows, scale, color=uncertainty)
+    label = ("predicted uncertainty" if uncertainty is not None
+             else "|error|" if reference is not None else "|displacement|")
+    fig.colorbar(q, ax=ax, shrink=0.75, label=label + " [Å]")
     ax.set_title(title or ("DefiNet error field" if reference is not None
                            else "DefiNet displacement field"))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, fontsize=8)
-    ax.text(0.99, 0.01, f"arrows: in-plane part, x{1 / scale:.0f}; colour: full |vector|",
+    what = "uncertainty" if uncertainty is not None else "full |vector|"
+    ax.text(0.99, 0.01, f"arrows: in-plane part, x{1 / scale:.0f}; colour: {what}",
             transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
     fig.tight_layout()
     path = Path(path)

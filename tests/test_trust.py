@@ -170,3 +170,42 @@ def test_polish_starts_from_the_lower_of_input_and_prediction(host, switch):
     else:
         assert r0.polish_start == "prediction" and r0.nsteps > 0
     assert r0.todict()["polish_start"] == r0.polish_start
+
+
+def test_cli_writes_the_uncertainty_into_extxyz_and_plots_it(tmp_path, host):
+    from ase.io import read, write
+
+    from ase_definet.cli import main as cli
+
+    write(tmp_path / "host.cif", host)
+    out = tmp_path / "relaxed.extxyz"
+    assert cli(["relax", str(tmp_path / "host.cif"), "--vacancies", "4", "-o", str(out),
+                "--quiet"]) == 0
+    at = read(out)
+    assert at.arrays["uncertainty"].shape == (len(at),)
+    assert np.isfinite(at.arrays["uncertainty"]).all() and (at.arrays["bound90"] > 0).all()
+    assert (at.arrays["bound90"] >= at.arrays["uncertainty"]).all()  # calibrated weights
+    png = tmp_path / "u.png"
+    assert cli(["plot", str(tmp_path / "host.cif"), "--vacancies", "4", "--color",
+                "uncertainty", "-o", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+
+
+def test_shipped_weights_carry_a_calibration_and_a_domain(host):
+    from ase_definet.checkpoint import read_metadata
+    from ase_definet.domain import Domain
+    from ase_definet.uncertainty import calibrations_from_metadata
+
+    _, meta = read_metadata("default")
+    cals = calibrations_from_metadata(meta)
+    assert sorted(cals) == [1, 2, 3] and all(c.n_atoms > 10_000 for c in cals.values())
+    dom = Domain.from_dict(meta["domain"])
+    assert {"Mo-S", "Se-W", "B-N", "Ga-Se", "In-Se", "P-P"} <= set(dom.distances)
+    assert {"V_S", "Mo>W", "P>N"} <= dom.defect_kinds and "S>Mo" not in dom.defect_kinds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfRangeWarning)
+        from ase_definet.data.hosts import get_host
+
+        for name in ("MoS2", "WSe2", "hBN", "GaSe", "InSe", "BP"):  # the usual lattices
+            DefiNetRelaxer(get_host(name).pristine(), defects={"vacancies": [0]},
+                           logfile=None)
