@@ -8,8 +8,12 @@ The same equations as :meth:`DefiNetLayer.forward <ase_definet.model.definet.Def
   ``phi_s``, ``phi_g`` and ``phi_h``, ``ax_a`` and ``ax_b``), and the first layer of
   ``dist_phi`` is split so that the global half runs once per graph, not once per node;
   the fused matrices are kept on the layer and rebuilt when a parameter changes;
-* the radial basis of an edge is computed once per layer and feeds both message passing
-  and the coordinate update (both use the geometry of layer t);
+* the edge geometry and radial basis are computed once per layer and feed both message
+  passing and the coordinate update (both use the geometry of layer t); the radial maps'
+  biases ride in the matrix product (a column of ones on the basis);
+* edges are processed in chunks of CHUNK through buffers reused by every layer of the
+  stage: fresh large tensors cost page faults on every layer, and small chunks stay in
+  cache;
 * the edge indices that do not change between layers (gather rows, receivers, per-graph
   counts) are computed once per stage;
 * the first layer of a stage skips the vector work on node vectors that are exactly zero
@@ -32,6 +36,7 @@ from .layers import ConsensusActivation, VectorLayerNorm
 from .scatter import scatter_sum
 
 N_MARKERS = 3
+CHUNK = 512  # edges per chunk: about 1.5 MB of edge buffers at F=128, in L2
 
 
 @dataclass
@@ -74,6 +79,29 @@ class EdgeContext:
         return t.index_select(0, self.batch)
 
 
+class Workspace:
+    """Edge buffers reused by every layer of a stage: fresh large tensors cost page
+    faults on every layer, and chunks of CHUNK edges keep the edge work in cache."""
+
+    def __init__(self, n_edges: int, F: int, like: torch.Tensor, chunk: int):
+        self.n_edges, self.chunk = n_edges, chunk
+        e = min(chunk, n_edges)
+        new = like.new_empty
+        self.r, self.m, self.v = new(e, 3 * F), new(e, 3 * F), new(e, 3, F)
+        self.h, self.c = new(e, F), new(e, F)
+
+    def chunks(self):
+        """(slice, buffers of its length) for every chunk of edges."""
+        for s in range(0, self.n_edges, self.chunk):
+            k = min(self.chunk, self.n_edges - s)
+            yield slice(s, s + k), self if k == self.chunk else _Sliced(self, k)
+
+
+class _Sliced:
+    def __init__(self, ws: Workspace, k: int):
+        self.r, self.m, self.v, self.h, self.c = ws.r[:k], ws.m[:k], ws.v[:k], ws.h[:k], ws.c[:k]
+
+
 def _fused(layer) -> dict[str, torch.Tensor]:
     """Concatenated and split weights of one layer, cached on it while its parameters
     are unchanged (same storage, same version counter)."""
@@ -89,8 +117,11 @@ def _fused(layer) -> dict[str, torch.Tensor]:
     w = {
         "dist1_x": d1.weight[:, :F].contiguous(),
         "dist1_g": d1.weight[:, F:].contiguous(),
-        "rbf_w": torch.cat([layer.msg_rbf.weight, layer.coord_rbf.weight]),
-        "rbf_b": torch.cat([layer.msg_rbf.bias, layer.coord_rbf.bias]),
+        # (4F, n_rbf + 1): message | coordinate radial maps, the bias as a last column
+        # (the basis gets a column of ones), so no bias pass over the (E, 4F) output
+        "rbf_w": torch.cat([torch.cat([layer.msg_rbf.weight, layer.coord_rbf.weight]),
+                            torch.cat([layer.msg_rbf.bias, layer.coord_rbf.bias])[:, None]],
+                           dim=1),
         "vu_w": torch.cat([layer.V.weight, layer.U.weight]),
         "phi1_w": torch.cat([layer.phi_s[0].weight, layer.phi_g[0].weight,
                              layer.phi_h[0].weight]),
@@ -137,7 +168,7 @@ def _tables(phi: torch.Tensor, gate: torch.Tensor, markers: torch.Tensor) -> tor
 
 def layer_forward(layer, x: torch.Tensor, vec: torch.Tensor | None, pos: torch.Tensor,
                   xg: torch.Tensor, vg: torch.Tensor | None, pair_emb: torch.Tensor,
-                  ctx: EdgeContext, rbf, chunk: int, axg: torch.Tensor | None
+                  ctx: EdgeContext, rbf, ws: Workspace, axg: torch.Tensor | None
                   ) -> tuple[torch.Tensor, ...]:
     """One :class:`DefiNetLayer` without autograd. ``vec``, ``vg`` and ``axg`` may be
     ``None``, meaning exactly zero (the first layer of a stage). Shapes as in
@@ -160,26 +191,30 @@ def layer_forward(layer, x: torch.Tensor, vec: torch.Tensor | None, pos: torch.T
     xn = layer.norm_x(x)
     vn = _vnorm(vec, layer.norm_vec) if vec is not None else None
 
-    # --- edge geometry at r^(t) and one radial map for both edge passes
+    # --- edge geometry at r^(t); its radial basis feeds both edge passes
     e = pos.index_select(0, src).add_(ctx.shifts).sub_(pos.index_select(0, dst))
     d = torch.linalg.vector_norm(e, dim=1)
     u = e.div_(d.clamp(min=1e-9)[:, None])
-    radial = tf.linear(rbf(d), w["rbf_w"], w["rbf_b"])  # (E, 4F): message | coordinate
+    basis = rbf(d)
+    basis = torch.cat([basis, basis.new_ones(basis.shape[0], 1)], dim=1)  # (E, n_rbf + 1)
     table = _tables(layer.msg_phi(xn), layer.msg_gate(pair_emb), ctx.markers)  # (3n, 3F)
 
-    # --- defect-aware message passing (1, 2)
+    # --- defect-aware message passing (1, 2), in chunks that stay in cache
     q = x.new_zeros(n, F)
     qv = x.new_zeros(n, 3, F)
-    for s in range(0, src.numel(), chunk):
-        sl = slice(s, s + chunk)
+    for sl, buf in ws.chunks():
         js, is_, us = src[sl], dst[sl], u[sl, :, None]
-        m = table.index_select(0, rows[sl]).mul_(radial[sl, :3 * F])
-        mh, mu, mv = m.split(F, dim=1)
+        r = torch.mm(basis[sl], w["rbf_w"][:3 * F].t(), out=buf.r)
+        m = torch.index_select(table, 0, rows[sl], out=buf.m)
+        mh = torch.mul(m[:, :F], r[:, :F], out=buf.h)  # contiguous for the scatter
+        muv = m[:, F:].mul_(r[:, F:])
+        mu, mv = muv[:, :F], muv[:, F:]
         scatter_sum(mh, is_, n, out=q)
         if vn is None:  # zero node vectors: only the direction channel
-            vm = us * mv[:, None, :]
+            vm = torch.mul(us, mv[:, None, :], out=buf.v)
         else:
-            vm = vn.index_select(0, js).mul_(mu[:, None, :]).addcmul_(us, mv[:, None, :])
+            vm = torch.index_select(vn, 0, js, out=buf.v)
+            vm.mul_(mu[:, None, :]).addcmul_(us, mv[:, None, :])
         scatter_sum(vm, is_, n, out=qv)
 
     # --- self-updating (3, 4)
@@ -198,10 +233,10 @@ def layer_forward(layer, x: torch.Tensor, vec: torch.Tensor | None, pos: torch.T
                      ctx.markers)  # (3n, F)
     disp = tf.linear(vec_new, layer.W_vec.weight).squeeze(-1)  # Vec2Disp (6): (n, 3)
     q1, q2 = layer.coord_q[0], layer.coord_q[2]
-    for s in range(0, src.numel(), chunk):
-        sl = slice(s, s + chunk)
-        c = ctable.index_select(0, rows[sl]).mul_(radial[sl, 3 * F:])
-        hq = tf.silu(tf.linear(c, q1.weight, q1.bias), inplace=True)
+    for sl, buf in ws.chunks():
+        r = torch.mm(basis[sl], w["rbf_w"][3 * F:].t(), out=buf.h)
+        c = torch.index_select(ctable, 0, rows[sl], out=buf.c).mul_(r)
+        hq = tf.silu(torch.addmm(q1.bias, c, q1.weight.t(), out=buf.h), inplace=True)
         wq = tf.linear(hq, q2.weight, q2.bias)  # (e, 1)
         scatter_sum(u[sl].mul_(wq), dst[sl], n, out=disp)  # RPV2Disp (5); u done here
     pos = pos + disp
@@ -231,10 +266,10 @@ def stage_forward(model, g: GraphBatch) -> list[torch.Tensor]:
     e = model.marker_embedding.weight
     pair_emb = e[:, None, :] + e[None, :, :]  # (3, 3, F): E(m_i) + E(m_j)
     out = [pos]
-    chunk = max(int(model.config.edge_chunk), 1)
+    ws = Workspace(ctx.src.numel(), F, x, min(CHUNK, max(int(model.config.edge_chunk), 1)))
     vec = vg = axg = None  # exactly zero before the first layer
     for layer in model.layers:
         x, vec, pos, xg, vg, axg = layer_forward(layer, x, vec, pos, xg, vg, pair_emb, ctx,
-                                                 model.rbf, chunk, axg)
+                                                 model.rbf, ws, axg)
         out.append(pos)
     return out
