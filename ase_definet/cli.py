@@ -15,52 +15,14 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import MISSING, fields
 from pathlib import Path
 
 import numpy as np
 
+from .fileio import format_of, temp_beside, write_structure
+
 logger = logging.getLogger("ase_definet.cli")
-
-
-def write_atomic(path: str | Path, atoms, fmt: str | None = None) -> None:
-    """Write ``atoms`` with ase.io to ``path`` via a temporary file and a rename, so an
-    existing file is replaced only by a complete new one."""
-    from ase.io import write
-
-    from .validate import check_finite
-
-    path = Path(path)
-    check_finite(atoms.positions, f"position in the structure for {path}")
-    tmp = _temp_beside(path)
-    try:
-        write(tmp, atoms, format=fmt or _format_of(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _temp_beside(path: str | Path) -> str:
-    """A new empty temporary file in the folder of ``path``, with its suffix and the
-    usual file mode (mkstemp makes 0600)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return tmp
-
-
-def _format_of(path: Path) -> str | None:
-    from ase.io.formats import filetype
-
-    try:
-        return filetype(str(path), read=False)
-    except Exception:  # noqa: BLE001  (ase raises several types for unknown names)
-        return None
 
 
 class _Once(argparse.Action):
@@ -113,7 +75,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
     atoms, defects, pristine = _read_inputs(args)
     # the trajectory goes to a temporary file, renamed only on success: a failed run
     # leaves an existing file of that name as it was
-    traj = _temp_beside(args.trajectory) if args.trajectory else None
+    traj = str(temp_beside(args.trajectory)) if args.trajectory else None
     try:
         with DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
                             device=args.device, logfile=None if args.quiet else "-",
@@ -122,11 +84,11 @@ def cmd_relax(args: argparse.Namespace) -> int:
                             marker_free=args.marker_free) as relaxer:
             relaxer.run()
             result = relaxer.atoms
-            if (args.format or _format_of(Path(args.output))) == "extxyz":
+            if (args.format or format_of(args.output)) == "extxyz":
                 result = result.copy()  # per-atom uncertainty (Å) as arrays of the file
                 result.arrays["uncertainty"] = relaxer.uncertainty
                 result.arrays["bound90"] = relaxer.bound90
-            write_atomic(args.output, result, args.format)
+            write_structure(args.output, result, args.format)
         if traj:
             os.replace(traj, args.trajectory)
     finally:

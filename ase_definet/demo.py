@@ -45,7 +45,7 @@ def displacement_table(relaxer, top: int = 8) -> str:
 
 def run_demo(model: str = "default", device: str | None = None,
              output: str | Path | None = None, plot: str | Path | None = None) -> None:
-    from .cli import write_atomic
+    from .fileio import write_structure
     from .predict import predict_sites
     from .relaxer import DefiNetRelaxer
 
@@ -63,7 +63,7 @@ def run_demo(model: str = "default", device: str | None = None,
           f"a second prediction took {warm * 1e3:.0f} ms. Atoms that moved most:")
     print(displacement_table(relaxer))
     if output:
-        write_atomic(output, relaxer.atoms)
+        write_structure(output, relaxer.atoms)
         print(f"wrote {output}")
     if plot:
         from .plot import plot_field

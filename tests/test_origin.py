@@ -8,7 +8,8 @@ import pytest
 from ase.build import graphene, make_supercell, mx2
 
 from ase_definet import DefectSpec, DefectStructure, DefiNetRelaxer
-from ase_definet.data.hosts import find_host, get_host
+from ase_definet.data.hosts import get_host
+from ase_definet.hostmatch import find_host
 from ase_definet.matching import match_to_host
 
 from .conftest import tiny_model

@@ -151,13 +151,3 @@ def _ensure_builtin() -> None:
             _REGISTRY[name] = Host(name=name, unit_cell=builtin_unit_cell(name),
                                    supercell=d["supercell"], substitutions=d["subs"],
                                    vacancies=d["vac"], cif_name=d["cif"])
-
-
-def find_host(atoms: Atoms, tolerance: float = 1.0) -> tuple[Host, Atoms] | None:
-    """The registered host whose supercell ``atoms`` is a defective version of, and
-    that pristine supercell on ``atoms``' cell and origin (any supercell, vacuum, origin
-    or cell basis; see :func:`ase_definet.hostmatch.find_host`); ``None`` if none fits.
-    """
-    from ..hostmatch import find_host as _find
-
-    return _find(atoms, tolerance)

@@ -17,8 +17,9 @@ Schema of a row:
 
 from __future__ import annotations
 
+import glob
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,24 @@ def row_to_pair(row) -> Pair:
         raise ValueError(f"row {row.id}: site_index does not follow the host order convention")
     return Pair(unrelaxed=unrelaxed, relaxed_positions=np.asarray(d["relaxed_positions"]),
                 pristine=pristine, spec=spec, info=dict(row.key_value_pairs))
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand globs and folders (a folder means its ``*.db`` files)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out += sorted(p.glob("*.db"))
+        elif any(c in str(p) for c in "*?["):
+            out += sorted(Path(x) for x in glob.glob(str(p)))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise ValueError(f"no such data file or folder: {p}")
+    if not out:
+        raise ValueError(f"no data files found in {[str(p) for p in paths]}")
+    return out
 
 
 def iter_pairs(paths: list[str | Path], converged_only: bool = True,

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("paths", nargs="+", help="ase.db files or folders of them")
     args = p.parse_args(argv)
-    from ..train.dataset import expand_paths
+    from .store import expand_paths
 
     print(summarize(expand_paths(args.paths)))
 

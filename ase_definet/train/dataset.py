@@ -23,7 +23,7 @@ from ase import Atoms
 from ase.io import read
 from tqdm.auto import tqdm
 
-from ..data.store import Pair, iter_pairs, pair_from_match
+from ..data.store import Pair, expand_paths, iter_pairs, pair_from_match
 from ..graph import Graph, GraphBatch, build_graph, collate
 from ..matching import DEFAULT_TOLERANCE, match_to_host
 
@@ -154,24 +154,6 @@ def iter_batches(dataset: PairDataset, batch_size: int, shuffle: bool,
 
 
 # ------------------------------------------------------------------ sources
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand globs and folders (a folder means its ``*.db`` files)."""
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out += sorted(p.glob("*.db"))
-        elif any(c in str(p) for c in "*?["):
-            out += sorted(Path(x) for x in glob.glob(str(p)))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise ValueError(f"no such data file or folder: {p}")
-    if not out:
-        raise ValueError(f"no data files found in {[str(p) for p in paths]}")
-    return out
-
-
 FORMATS = ("auto", "db", "2dmd", "runs", "extxyz")
 
 
