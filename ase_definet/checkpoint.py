@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
@@ -26,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .fileio import atomic_write
 from .model import DefiNet, DefiNetConfig
 from .validate import check_config
 
@@ -56,18 +56,7 @@ def save_checkpoint(model: DefiNet, path: str | Path, metadata: dict[str, Any] |
             "metadata": json.dumps(metadata or {}, default=str),
             CHECKSUM_KEY: tensors_sha256(tensors)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
@@ -233,6 +222,12 @@ def _resolve_path(name_or_path: str | Path) -> Path:
         raise ValueError(f"no weights named {name_or_path!r}; available: "
                          f"{available_weights()} (or give a path to a .safetensors file)")
     raise ValueError(f"checkpoint file {str(name_or_path)!r} does not exist")
+
+
+def stored_checksum(name_or_path: str | Path) -> str:
+    """The SHA-256 of the tensors stored in a checkpoint's metadata ("" for files
+    written before it was stored); no tensor is read."""
+    return _read_header(_resolve_path(name_or_path))[0].get(CHECKSUM_KEY, "")
 
 
 def resolve_weights_path(name_or_path: str | Path) -> Path:

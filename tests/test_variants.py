@@ -206,3 +206,29 @@ def test_complete_is_read_from_the_file_and_larger_plans_extend(tmp_path):
     assert sorted(_all_ids(out)) == [f"CuTest-high-{i:05d}" for i in range(10)]
     with connect(out / "CuTest_high_001.db") as db:
         assert db.count() == 4
+
+
+def test_warm_started_labels_record_how_they_were_made(tmp_path):
+    from ase_definet.checkpoint import save_checkpoint
+
+    from .conftest import tiny_model
+
+    cu_host()
+    weights = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(displacement_init=0.01), weights)
+    batches = generate.plan_jobs(["CuTest"], 1, 0, batch_size=5,
+                                 counts={("strain", "low"): 2})
+    generate.run(tmp_path / "d", tmp_path / "p", batches, teacher="emt", fmax=0.05,
+                 steps=300, warm_start=str(weights), warm_densities=("low",))
+    with connect(tmp_path / "d" / "CuTest_strain_low_000.db") as db:
+        warm = list(db.select())
+    with connect(tmp_path / "d" / "CuTest_high_000.db") as db:
+        cold = list(db.select())
+    assert {r.label_start for r in warm} == {"prediction"}
+    assert all(r.start_model.startswith(f"{weights} sha256:") for r in warm)
+    assert {r.label_start for r in cold} == {"unrelaxed"}
+    for r in warm:  # the row's energy is the teacher's at the unrelaxed structure
+        at = r.toatoms()
+        at.calc = EMT()
+        assert at.get_potential_energy() == pytest.approx(r.energy, abs=1e-6)
+        assert r.converged and r.final_fmax < 0.05

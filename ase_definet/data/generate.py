@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .batchfiles import BatchLock, check_batch, check_identity, finish
 from .configs import DefectConfig, high_density_configs, low_density_configs
 from .hosts import get_host, host_names
-from .label import relax_fixed_cell
+from .label import predicted_start, relax_fixed_cell, relax_from
 from .splits import assign_split
 from .store import Pair, done_ids, write_pair
 from .variants import relaxed_unit_cell
@@ -129,16 +129,24 @@ def _batches(host, configs: list[DefectConfig], axis: str, seed: int,
 
 
 _CALC = None
+_WARM: tuple | None = None  # (model, its name, densities) when labels start warm
 
 
-def _init_worker(teacher: str, threads: int, device: str = "cpu") -> None:
+def _init_worker(teacher: str, threads: int, device: str = "cpu",
+                 warm: tuple[str, tuple[str, ...]] | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    global _CALC
+    global _CALC, _WARM
     from .teacher import get_teacher
 
     _CALC = get_teacher(teacher, device=device)
+    if warm:
+        from ..checkpoint import get_model, stored_checksum
+
+        name, densities = warm
+        model = get_model(name, "cpu")  # validated and checksummed on load
+        _WARM = (model, f"{name} sha256:{stored_checksum(name)[:12]}", tuple(densities))
 
 
 _UNIT_CELLS: dict[tuple, Atoms] = {}  # per worker: relaxed strained unit cells
@@ -163,7 +171,13 @@ def _label(args) -> tuple[Job, Pair]:
     job, fmax, steps, optimizer, teacher_name = args
     pristine = _host_at_lattice(job)
     unrelaxed = job.config.spec.apply(pristine)
-    res = relax_fixed_cell(unrelaxed, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
+    start = {"label_start": "unrelaxed"}
+    if _WARM and job.config.density in _WARM[2]:
+        guess = predicted_start(_WARM[0], pristine, job.config.spec)
+        res = relax_from(unrelaxed, guess, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
+        start = {"label_start": "prediction", "start_model": _WARM[1]}
+    else:
+        res = relax_fixed_cell(unrelaxed, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
     unrelaxed.calc = SinglePointCalculator(unrelaxed, energy=res.initial_energy,
                                            forces=res.initial_forces)
     c = job.config
@@ -172,14 +186,15 @@ def _label(args) -> tuple[Job, Pair]:
                 split=job.split, teacher=teacher_name, optimizer=optimizer,
                 relax_fmax=fmax, final_fmax=res.fmax, converged=res.converged,
                 steps=res.steps, relaxed_energy=res.energy,
-                **c.lattice.info(job.unit_cell))
+                **c.lattice.info(job.unit_cell), **start)
     return job, Pair(unrelaxed, res.positions, pristine, c.spec, info)
 
 
 def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1,
         threads: int = 1, fmax: float = 0.01, steps: int = 1000, optimizer: str = "FIRE",
         teacher: str = "chgnet", device: str = "cpu",
-        identity: dict[str, Any] | None = None) -> None:
+        identity: dict[str, Any] | None = None,
+        warm_start: str | None = None, warm_densities: tuple[str, ...] = ("low",)) -> None:
     """Label every planned pair not yet in a batch file; see the module docstring.
 
     ``workers`` processes with ``threads`` torch threads each run the teacher on
@@ -192,7 +207,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
     partial_dir.mkdir(parents=True, exist_ok=True)
     check_identity(out, {**(identity or {}), "teacher": teacher, "fmax": fmax,
                          "steps": steps, "optimizer": optimizer})
-    labeller = _Labeller(workers, threads, teacher, device, (fmax, steps, optimizer))
+    labeller = _Labeller(workers, threads, teacher, device, (fmax, steps, optimizer),
+                         (warm_start, tuple(warm_densities)) if warm_start else None)
     group: list[tuple[list[Job], BatchLock, list[Job]]] = []
     n_total = n_conv = busy = 0
     try:
@@ -235,9 +251,10 @@ class _Labeller:
     """The teacher, in this process or a pool of ``workers``, started on first use."""
 
     def __init__(self, workers: int, threads: int, teacher: str, device: str,
-                 criterion: tuple[float, int, str]) -> None:
+                 criterion: tuple[float, int, str],
+                 warm: tuple[str, tuple[str, ...]] | None = None) -> None:
         self.workers, self.threads, self.teacher, self.device = workers, threads, teacher, device
-        self.criterion = criterion
+        self.criterion, self.warm = criterion, warm
         self._pool = None
         self._name: str | None = None
 
@@ -246,7 +263,7 @@ class _Labeller:
             from .teacher import teacher_version
 
             self._name = teacher_version(self.teacher)
-            init = (self.teacher, self.threads, self.device)
+            init = (self.teacher, self.threads, self.device, self.warm)
             if self.workers <= 1:
                 _init_worker(*init)
             else:
@@ -346,6 +363,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--optimizer", default="FIRE")
     p.add_argument("--teacher", default="chgnet")
     p.add_argument("--device", default="cpu", help="torch device of the teacher")
+    p.add_argument("--warm-start", metavar="WEIGHTS", default=None,
+                   help="start the teacher from this model's prediction (fewer steps; "
+                   "each pair records label_start and start_model; see "
+                   "benchmarks/warm_start.py for when the labels agree)")
+    p.add_argument("--warm-densities", nargs="+", default=["low"], choices=("low", "high"),
+                   help="densities labelled from the warm start (default: %(default)s)")
     return p
 
 
@@ -368,7 +391,8 @@ def run_from_args(args: argparse.Namespace) -> None:
     identity = dict(seed=args.seed, batch_size=args.batch_size, max_strain=args.max_strain)
     run(args.out, args.partial_dir or args.out / "partial", batches, workers=args.workers,
         threads=args.threads, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
-        teacher=args.teacher, device=args.device, identity=identity)
+        teacher=args.teacher, device=args.device, identity=identity,
+        warm_start=args.warm_start, warm_densities=tuple(args.warm_densities))
 
 
 if __name__ == "__main__":

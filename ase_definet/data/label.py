@@ -42,3 +42,31 @@ def relax_fixed_cell(atoms: Atoms, calc: Calculator, fmax: float = 0.01,
                       fmax=float(np.linalg.norm(forces, axis=1).max()),
                       steps=int(opt.nsteps), converged=converged,
                       initial_energy=e0, initial_forces=f0)
+
+
+def relax_from(atoms: Atoms, start: np.ndarray, calc: Calculator, fmax: float = 0.01,
+               steps: int = 1500, optimizer: str = "FIRE") -> Relaxation:
+    """Like :func:`relax_fixed_cell`, but the optimizer starts from ``start`` (n, 3) Å
+    (e.g. a model's prediction: a *warm start*); ``initial_energy`` and
+    ``initial_forces`` are still those at the positions of ``atoms``. ``atoms`` is not
+    modified; ``steps`` counts the optimizer's steps from ``start``."""
+    at = atoms.copy()
+    at.calc = calc
+    e0, f0 = float(at.get_potential_energy()), at.get_forces().copy()
+    moved = atoms.copy()
+    moved.positions = np.asarray(start, dtype=float)
+    res = relax_fixed_cell(moved, calc, fmax=fmax, steps=steps, optimizer=optimizer)
+    return Relaxation(positions=res.positions, energy=res.energy, fmax=res.fmax,
+                      initial_energy=e0, initial_forces=f0, steps=res.steps,
+                      converged=res.converged)
+
+
+def predicted_start(model, pristine: Atoms, spec) -> np.ndarray:
+    """A model's prediction for ``spec.apply(pristine)``: (n_atoms, 3) Å in the same
+    (host) order, the warm start of :func:`relax_from`."""
+    from ..predict import predict_sites
+    from ..structure import DefectStructure
+
+    structure = DefectStructure.from_host(pristine, spec)
+    sites = predict_sites(model, [structure])[0]
+    return structure.defective_atoms(sites).positions
