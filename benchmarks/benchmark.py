@@ -9,6 +9,16 @@ defects: graph building, the forward pass and the end-to-end ``DefiNetRelaxer`` 
 (medians over ``--repeats`` after a warm-up), the process's peak memory after each
 size, batched throughput for 8x8 cells, and CHGNet + FIRE to 0.01 eV/Å on the 8x8 and
 16x16 structures with the speed-up. Prints a table and writes a CSV.
+
+The floor (``OMP_NUM_THREADS=1 python benchmarks/floor.py``, 1 thread, default weights,
+8x8 MoS2: 192 sites, 3,584 edges, 3 stages x 4 layers): 5.7 GFLOP of matrix products
+(about half of them per edge: the radial maps and the first layer of phi_q) and at least
+~0.2 GB of traffic (30 MB of weights, one pass over node and edge state per layer); at
+the ~100 GFLOP/s one thread reaches on these matmuls that is ~57 ms. Before issue 22 the
+forward pass took ~600 ms of CPU time (~11x the floor: float32 denormals in the radial
+basis, page faults on fresh edge tensors, unfused small ops); the inference-only path of
+``model/inference.py`` takes ~150-220 ms (2.6-3.6x; the rest is elementwise edge work,
+~2 GB moved through the caches). Timings on a shared 2-core machine, medians.
 """
 
 from __future__ import annotations
@@ -157,7 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"D={model.cutoff} N={model.max_neighbors}; "
           f"medians of {args.repeats} after warm-up"
           + f"; scatter {get_backend(dev)}"
-          + ("; torch.compile (end-to-end = predict_sites, no ASE wrapper)" if args.compile else ""))
+          + ("; torch.compile (end-to-end = predict_sites, no ASE wrapper)"
+             if args.compile else ""))
     rows = []
     for n in sorted(args.sizes):
         rows.append(bench_size(model, n, args.repeats, args.compile, args.stages))

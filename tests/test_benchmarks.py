@@ -210,3 +210,13 @@ def test_error_breakdown_bins_and_worst_share(tmp_path, ckpt, capsys):
     with pytest.raises(ValueError, match="no pairs of split 'nope'"):
         mod.main(["--model", ckpt, "--data", str(ROOT / "data" / "MoS2_low_000.db"),
                   "--split", "nope"])
+
+
+def test_floor_counts(ckpt, capsys):
+    res = load(ROOT / "benchmarks" / "floor.py").main(
+        ["--model", ckpt, "--size", "2", "--repeats", "1"])
+    # hidden 16, 2 layers: at least the per-edge F x F matmul of phi_q in every layer
+    assert res["layers"] == 2 and res["edges"] > 0
+    assert res["matmul_gflop"] * 1e9 >= 2 * 2 * res["edges"] * 16 * 16
+    assert res["floor_ms"] > 0 and res["today_ms"] > 0 and res["moved_mb"] > res["weights_mb"]
+    assert "floor" in capsys.readouterr().out
