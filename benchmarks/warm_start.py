@@ -18,7 +18,6 @@ import logging
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
 from ase.geometry import find_mic
 

@@ -38,7 +38,7 @@ class DefectConfig:
     density: str  # "high" or "low"
     concentration: float  # defects / sites
     spec: DefectSpec
-    lattice: Lattice = field(default_factory=Lattice)  # axis, strain and supercell; see :mod:`.variants`
+    lattice: Lattice = field(default_factory=Lattice)  # axis, strain, supercell (.variants)
 
 
 def _rng(seed: int, *keys: int | str) -> np.random.Generator:
@@ -105,7 +105,7 @@ def high_density_configs(host: Host, n_per_concentration: int, seed: int = 0,
         for ci, conc in enumerate(concentrations):
             lattice = draw_lattice(host, axis, "high", len(out), seed, max_strain)
             pristine = host.pristine((*lattice.repeat, 1))
-            n_def = max(1, int(round(conc * len(pristine))))
+            n_def = max(1, round(conc * len(pristine)))
             spec = _random_spec(host, pristine.numbers, n_def, _rng(seed, *keys, "high", ci, k))
             out.append(DefectConfig(f"{_id_prefix(host, axis, 'high')}-{len(out):05d}",
                                     host.name, "high", conc, spec, lattice))

@@ -91,7 +91,7 @@ def plan_jobs(materials: Iterable[str], n_high_per_conc: int = 0, n_low: int = 0
         host = get_host(name)
         for axis, density in GROUPS:
             n = counts.get((axis, density), 0)
-            if not n or (axis, density) == ("original", "low") and name not in low_materials:
+            if not n or ((axis, density) == ("original", "low") and name not in low_materials):
                 continue
             if density == "high":
                 configs = high_density_configs(host, n, seed, axis=axis, max_strain=max_strain)
