@@ -15,12 +15,12 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 import numpy as np
 
-from .fileio import format_of, temp_beside, write_structure
+from .fileio import atomic_path, format_of, write_structure
 
 logger = logging.getLogger("ase_definet.cli")
 
@@ -75,25 +75,18 @@ def cmd_relax(args: argparse.Namespace) -> int:
     atoms, defects, pristine = _read_inputs(args)
     # the trajectory goes to a temporary file, renamed only on success: a failed run
     # leaves an existing file of that name as it was
-    traj = str(temp_beside(args.trajectory)) if args.trajectory else None
-    try:
-        with DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
-                            device=args.device, logfile=None if args.quiet else "-",
-                            trajectory=traj, stages=args.stages,
-                            per_layer=args.per_layer,
-                            marker_free=args.marker_free) as relaxer:
-            relaxer.run()
-            result = relaxer.atoms
-            if (args.format or format_of(args.output)) == "extxyz":
-                result = result.copy()  # per-atom uncertainty (Å) as arrays of the file
-                result.arrays["uncertainty"] = relaxer.uncertainty
-                result.arrays["bound90"] = relaxer.bound90
-            write_structure(args.output, result, args.format)
-        if traj:
-            os.replace(traj, args.trajectory)
-    finally:
-        if traj:
-            Path(traj).unlink(missing_ok=True)
+    with (atomic_path(args.trajectory) if args.trajectory else nullcontext()) as traj, \
+            DefiNetRelaxer(atoms, defects=defects, pristine=pristine, model=args.model,
+                           device=args.device, logfile=None if args.quiet else "-",
+                           trajectory=str(traj) if traj else None, stages=args.stages,
+                           per_layer=args.per_layer, marker_free=args.marker_free) as relaxer:
+        relaxer.run()
+        result = relaxer.atoms
+        if (args.format or format_of(args.output)) == "extxyz":
+            result = result.copy()  # per-atom uncertainty (Å) as arrays of the file
+            result.arrays["uncertainty"] = relaxer.uncertainty
+            result.arrays["bound90"] = relaxer.bound90
+        write_structure(args.output, result, args.format)
     logger.info("wrote %s (%d atoms; %s); mean uncertainty %.4f Å, largest %.4f Å",
                 args.output, len(relaxer.atoms), relaxer.todict()["defects"],
                 relaxer.uncertainty.mean(), relaxer.uncertainty.max())

@@ -22,6 +22,7 @@ from typing import Any
 
 from ase.db import connect
 
+from ..fileio import atomic_write
 from .store import row_to_pair
 
 logger = logging.getLogger(__name__)
@@ -98,9 +99,7 @@ def finish(partial: Path, final: Path, batch: Sequence[Any]) -> None:
     state = check_batch(partial, batch)
     if state != "complete":
         raise RuntimeError(f"{partial}: batch not complete ({state}); not moved")
-    tmp = final.with_name(final.name + f".{os.getpid()}.tmp")
-    shutil.copyfile(partial, tmp)
-    os.replace(tmp, final)
+    atomic_write(final, lambda tmp: shutil.copyfile(partial, tmp))
     partial.unlink()
     logger.info("batch complete: %s", final)
 

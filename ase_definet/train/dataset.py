@@ -24,6 +24,7 @@ from ase.io import read
 from tqdm.auto import tqdm
 
 from ..data.store import Pair, expand_paths, iter_pairs, pair_from_match
+from ..fileio import atomic_write
 from ..graph import Graph, GraphBatch, build_graph, collate
 from ..matching import DEFAULT_TOLERANCE, match_to_host
 
@@ -273,9 +274,8 @@ def load_dataset(paths: Sequence[str | Path], cutoff: float, max_neighbors: int 
     ds = PairDataset.from_pairs(iter_pairs(files), cutoff, max_neighbors, progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save([_sample_to_dict(s) for s in ds.samples], tmp)
-        tmp.replace(cache)
+        atomic_write(cache, lambda tmp: torch.save([_sample_to_dict(s) for s in ds.samples],
+                                                   tmp))
     return ds
 
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import save_checkpoint
 from ..device import resolve_device
+from ..fileio import atomic_path, atomic_write
 from ..model import DefiNet, DefiNetConfig
 from .dataset import Batch, PairDataset, iter_batches
 from .evaluate import evaluate_model
@@ -475,17 +476,13 @@ class Trainer:
         if not keep:
             path.unlink()
             return
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(keep)
-        os.replace(tmp, path)
 
     def _save_atomic(self, obj: Any, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
     def ema_model(self) -> DefiNet:
         m = DefiNet(DefiNetConfig.from_dict(self.model.config.to_dict()))
