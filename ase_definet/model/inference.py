@@ -36,7 +36,7 @@ from .layers import ConsensusActivation, VectorLayerNorm
 from .scatter import scatter_sum
 
 N_MARKERS = 3
-CHUNK = 512  # edges per chunk: about 1.5 MB of edge buffers at F=128, in L2
+CHUNK = 512  # edges per chunk on the CPU: ~1.5 MB of edge buffers at F=128, in L2
 
 
 @dataclass
@@ -209,13 +209,13 @@ def layer_forward(layer, x: torch.Tensor, vec: torch.Tensor | None, pos: torch.T
         mh = torch.mul(m[:, :F], r[:, :F], out=buf.h)  # contiguous for the scatter
         muv = m[:, F:].mul_(r[:, F:])
         mu, mv = muv[:, :F], muv[:, F:]
-        scatter_sum(mh, is_, n, out=q)
+        q = scatter_sum(mh, is_, n, out=q)
         if vn is None:  # zero node vectors: only the direction channel
             vm = torch.mul(us, mv[:, None, :], out=buf.v)
         else:
             vm = torch.index_select(vn, 0, js, out=buf.v)
             vm.mul_(mu[:, None, :]).addcmul_(us, mv[:, None, :])
-        scatter_sum(vm, is_, n, out=qv)
+        qv = scatter_sum(vm, is_, n, out=qv)
 
     # --- self-updating (3, 4)
     vu = tf.linear(qv, w["vu_w"])  # (n, 3, 2F): V qv | U qv
@@ -238,7 +238,7 @@ def layer_forward(layer, x: torch.Tensor, vec: torch.Tensor | None, pos: torch.T
         c = torch.index_select(ctable, 0, rows[sl], out=buf.c).mul_(r)
         hq = tf.silu(torch.addmm(q1.bias, c, q1.weight.t(), out=buf.h), inplace=True)
         wq = tf.linear(hq, q2.weight, q2.bias)  # (e, 1)
-        scatter_sum(u[sl].mul_(wq), dst[sl], n, out=disp)  # RPV2Disp (5); u done here
+        disp = scatter_sum(u[sl].mul_(wq), dst[sl], n, out=disp)  # RPV2Disp (5); u done here
     pos = pos + disp
 
     # --- message aggregation into the global node (10, 11)
@@ -266,7 +266,10 @@ def stage_forward(model, g: GraphBatch) -> list[torch.Tensor]:
     e = model.marker_embedding.weight
     pair_emb = e[:, None, :] + e[None, :, :]  # (3, 3, F): E(m_i) + E(m_j)
     out = [pos]
-    ws = Workspace(ctx.src.numel(), F, x, min(CHUNK, max(int(model.config.edge_chunk), 1)))
+    chunk = max(int(model.config.edge_chunk), 1)
+    if x.device.type == "cpu":  # on a GPU, small chunks would only add kernel launches
+        chunk = min(chunk, CHUNK)
+    ws = Workspace(ctx.src.numel(), F, x, chunk)
     vec = vg = axg = None  # exactly zero before the first layer
     for layer in model.layers:
         x, vec, pos, xg, vg, axg = layer_forward(layer, x, vec, pos, xg, vg, pair_emb, ctx,
