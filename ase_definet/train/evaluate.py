@@ -59,6 +59,7 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
             groups = sample_groups(info)
             acc.add(groups, err, near)
             acc.add(groups, dummy, near, prefix="dummy_")
+            acc.add_structure(groups, float(err.mean()), float(dummy.mean()))
             if collect:
                 keep["true"].append(target[sl][m] - start[sl][m])
                 keep["pred"].append(pred[sl][m] - start[sl][m])
@@ -71,11 +72,17 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
 
 def format_table(acc: ErrorAccumulator) -> str:
     """Text table: per group, model MAE and Dummy MAE (Å) for all atoms and A3-A6."""
-    head = f"{'group':<16}{'n_atoms':>8}" + "".join(f"{r:>9}{'dummy':>8}" for r in REGIONS)
+    head = (f"{'group':<16}{'n_atoms':>8}" + "".join(f"{r:>9}{'dummy':>8}" for r in REGIONS)
+            + f"{'ratio':>7}{'A3 rat':>7}{'structs':>8}{'worse':>6}")
     lines = [head, "-" * len(head)]
     for g in acc.groups():
         cells = "".join(f"{acc.mae(g, r):9.4f}{acc.mae(g, 'dummy_' + r):8.4f}" for r in REGIONS)
-        lines.append(f"{g:<16}{acc.counts[(g, 'all')]:>8}{cells}")
+        ratio = acc.mae(g, "all") / acc.mae(g, "dummy_all")
+        ratio3 = acc.mae(g, "A3") / acc.mae(g, "dummy_A3")
+        lines.append(f"{g:<16}{acc.counts[(g, 'all')]:>8}{cells}{ratio:7.3f}{ratio3:7.3f}"
+                     f"{acc.structures[g]:8d}{acc.worse[g]:6d}")
+    lines.append("ratio: MAE / Dummy MAE (all atoms, A3); worse: structures predicted further "
+                 "from the relaxed one than their unrelaxed input")
     return "\n".join(lines)
 
 
@@ -83,9 +90,11 @@ def write_csv(acc: ErrorAccumulator, path: str | Path) -> None:
     cols = REGIONS + [f"dummy_{r}" for r in REGIONS]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["group", "n_atoms"] + [f"mae_{c}" for c in cols])
+        w.writerow(["group", "n_atoms"] + [f"mae_{c}" for c in cols]
+                   + ["n_structures", "n_worse_than_input"])
         for g in acc.groups():
-            w.writerow([g, acc.counts[(g, "all")]] + [f"{acc.mae(g, c):.6f}" for c in cols])
+            w.writerow([g, acc.counts[(g, "all")]] + [f"{acc.mae(g, c):.6f}" for c in cols]
+                       + [acc.structures[g], acc.worse[g]])
 
 
 def plot_parity(arrays: dict[str, np.ndarray], path: str | Path, title: str = "") -> None:

@@ -30,6 +30,15 @@ class ErrorAccumulator:
 
     sums: dict = field(default_factory=lambda: defaultdict(float))
     counts: dict = field(default_factory=lambda: defaultdict(int))
+    structures: dict = field(default_factory=lambda: defaultdict(int))  # group -> count
+    worse: dict = field(default_factory=lambda: defaultdict(int))  # ... predicted worse
+
+    def add_structure(self, groups: Iterable[str], mae: float, dummy_mae: float) -> None:
+        """Count a structure, and whether its prediction is worse (higher MAE) than its
+        unrelaxed input, in each of ``groups``."""
+        for g in groups:
+            self.structures[g] += 1
+            self.worse[g] += int(mae > dummy_mae)
 
     def add(self, groups: Iterable[str], errors: np.ndarray, near: np.ndarray,
             prefix: str = "") -> None:
@@ -59,13 +68,18 @@ class ErrorAccumulator:
 
 
 def sample_groups(info: dict) -> list[str]:
-    """Groups a pair counts in: overall, per material, per material/density."""
-    mat, dens = info.get("material"), info.get("density")
+    """Groups a pair counts in: overall, per material, per material/density, per density,
+    and, for pairs that record their lattice axis, per axis and material/axis."""
+    mat, dens, axis = info.get("material"), info.get("density"), info.get("axis")
     out = ["overall"]
     if mat:
         out.append(str(mat))
         if dens:
             out.append(f"{mat}/{dens}")
+        if axis:
+            out.append(f"{mat}/axis={axis}")
     if dens:
         out.append(f"density={dens}")
+    if axis:  # pairs of the generator's lattice axes (original, strain, pbe, size)
+        out.append(f"axis={axis}")
     return out

@@ -1,0 +1,54 @@
+"""Evaluation per lattice axis, and the count of structures predicted worse than their
+unrelaxed input."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ase_definet.data.store import Pair
+from ase_definet.defects import DefectSpec
+from ase_definet.train.dataset import PairDataset
+from ase_definet.train.evaluate import evaluate_model, format_table, write_csv
+from ase_definet.train.metrics import ErrorAccumulator, sample_groups
+
+from .conftest import small_host, tiny_model
+
+
+def test_axis_groups_only_for_pairs_that_record_an_axis():
+    assert "axis=strain" in sample_groups({"material": "BP", "density": "low",
+                                           "axis": "strain"})
+    assert "BP/axis=strain" in sample_groups({"material": "BP", "axis": "strain"})
+    assert not any("axis" in g for g in sample_groups({"material": "BP", "density": "low"}))
+
+
+def _pairs(rng, axis, n=3):
+    out = []
+    for k in range(n):
+        host = small_host(3)
+        spec = DefectSpec(vacancies=(4,))
+        unrelaxed = spec.apply(host)
+        relaxed = unrelaxed.positions + rng.normal(0, 0.01, unrelaxed.positions.shape)
+        info = {"material": "MoS2", "density": "high", "axis": axis, "split": "test",
+                "config_id": f"{axis}-{k}"}
+        out.append(Pair(unrelaxed, relaxed, host, spec, info))
+    return out
+
+
+def test_worse_than_input_is_counted_per_group(tmp_path, rng):
+    model = tiny_model(displacement_init=1.0)  # large random moves: worse than the input
+    pairs = _pairs(rng, "strain") + _pairs(rng, "size", 2)
+    ds = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors, progress=False)
+    acc, _ = evaluate_model(model, ds)
+    assert acc.structures["axis=strain"] == 3 and acc.structures["axis=size"] == 2
+    assert acc.worse["overall"] == 5 and acc.worse["MoS2/axis=size"] == 2
+    table = format_table(acc)
+    row = next(line for line in table.splitlines() if line.startswith("axis=strain"))
+    assert row.split()[-2:] == ["3", "3"]
+    assert float(row.split()[-4]) > 1.0  # MAE / Dummy above one
+    write_csv(acc, tmp_path / "e.csv")
+    head, *rows = (tmp_path / "e.csv").read_text().splitlines()
+    assert head.split(",")[-2:] == ["n_structures", "n_worse_than_input"]
+    still = ErrorAccumulator()
+    still.add_structure(["g"], 0.01, 0.02)
+    assert still.worse["g"] == 0 and still.structures["g"] == 1
+    assert np.isfinite(acc.mae("axis=size"))
