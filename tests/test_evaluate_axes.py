@@ -47,6 +47,7 @@ def test_worse_than_input_is_counted_per_group(tmp_path, rng):
     assert float(row.split()[-4]) > 1.0  # MAE / Dummy above one
     write_csv(acc, tmp_path / "e.csv")
     head, *rows = (tmp_path / "e.csv").read_text().splitlines()
+    assert rows[0].split(",")[-2:] == ["5", "5"]  # overall
     assert head.split(",")[-2:] == ["n_structures", "n_worse_than_input"]
     still = ErrorAccumulator()
     still.add_structure(["g"], 0.01, 0.02)
