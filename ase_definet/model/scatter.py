@@ -24,7 +24,8 @@ def has_torch_scatter() -> bool:
 
 
 def set_backend(name: str) -> None:
-    """Select ``"auto"`` (torch_scatter on CUDA when installed), ``"native"`` or ``"torch_scatter"``."""
+    """Select ``"auto"`` (torch_scatter on CUDA when installed), ``"native"`` or
+    ``"torch_scatter"``."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"unknown scatter backend {name!r}; choose from {list(BACKENDS)}")
