@@ -31,6 +31,14 @@ DEFAULT_STRAIN = 0.03  # relative lattice mismatch accepted (literature vs relax
 def find_host(atoms: Atoms, tolerance: float = DEFAULT_TOLERANCE,
               strain: float = DEFAULT_STRAIN, hosts: Iterable[Host] | None = None
               ) -> tuple[Host, Atoms] | None:
+    """``(host, pristine)`` of :func:`find_host_match`, or ``None``."""
+    found = find_host_match(atoms, tolerance, strain, hosts)
+    return None if found is None else found[:2]
+
+
+def find_host_match(atoms: Atoms, tolerance: float = DEFAULT_TOLERANCE,
+                    strain: float = DEFAULT_STRAIN, hosts: Iterable[Host] | None = None
+                    ) -> tuple[Host, Atoms, Match] | None:
     """The registered host ``atoms`` is a defective supercell of, and that pristine
     supercell laid onto ``atoms``' cell, pbc and origin; ``None`` if none fits.
 
@@ -47,7 +55,7 @@ def find_host(atoms: Atoms, tolerance: float = DEFAULT_TOLERANCE,
         from .data.hosts import get_host, host_names
 
         hosts = [get_host(name) for name in host_names()]
-    best: tuple[tuple[int, float], Host, Atoms] | None = None
+    best: tuple[tuple[int, float], Host, Atoms, Match] | None = None
     for host in hosts:
         if not _composition_fits(atoms, host):
             continue
@@ -59,16 +67,17 @@ def find_host(atoms: Atoms, tolerance: float = DEFAULT_TOLERANCE,
             score = _score(match)
             if best is None or score < best[0]:
                 pristine.positions += match.translation  # onto the user's origin
-                best = (score, host, pristine)
+                match = Match(match.spec, match.site_index, match.offsets - match.translation)
+                best = (score, host, pristine, match)
             if score[1] < 0.1 * tolerance and score[0] <= len(atoms) // 4:
                 break  # a close fit: another orientation of the lattice fits no better
         if best is not None and best[1] is host and best[0][1] < 0.1 * tolerance:
             break
     if best is None:
         return None
-    _, host, pristine = best
+    _, host, pristine, match = best
     logger.debug("atoms fit the registered host %s (%d sites)", host.name, len(pristine))
-    return host, pristine
+    return host, pristine, match
 
 
 def _score(match: Match) -> tuple[int, float]:

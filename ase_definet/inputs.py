@@ -79,11 +79,11 @@ def prepare(atoms: Atoms, defects: SpecLike = None, pristine: Atoms | None = Non
 def auto_structure(atoms: Atoms, elements: list[int] | None,
                    tolerance: float = DEFAULT_TOLERANCE) -> DefectStructure:
     """Neither defects nor pristine given: match ``atoms`` to a registered host."""
-    from .hostmatch import find_host
+    from .hostmatch import find_host_match
     from .validate import check_atoms
 
     check_atoms(atoms)
-    found = find_host(atoms, tolerance)
+    found = find_host_match(atoms, tolerance)
     if found is None:
         from .data.hosts import host_names
 
@@ -94,8 +94,8 @@ def auto_structure(atoms: Atoms, elements: list[int] | None,
             "atoms with defects={...}, or marker_free=True (definet relax --marker-free) to "
             "predict with every atom "
             "marked pristine (vacancies invisible to the network)")
-    host, pristine = found
-    structure = DefectStructure.from_pair(atoms, pristine, elements, tolerance)
+    host, pristine, match = found  # matched once, by the detection
+    structure = DefectStructure.from_match(atoms, pristine, match, elements)
     logger.info("atoms matched the built-in host %s (%d sites): %s", host.name,
                 len(pristine), describe(structure.spec, pristine))
     return structure

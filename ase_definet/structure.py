@@ -11,7 +11,7 @@ from ase import Atoms
 from .defects import DefectSpec, SpecLike
 from .graph import Graph, build_graph
 from .graph.neighbors import check_cell
-from .matching import DEFAULT_TOLERANCE, check_same_cell, match_to_host
+from .matching import DEFAULT_TOLERANCE, Match, check_same_cell, match_to_host
 from .validate import check_atoms, check_min_distance
 
 
@@ -64,7 +64,14 @@ class DefectStructure:
         """Defective structure (any order, wrapped or relaxed) plus its pristine host."""
         check_atoms(defective, "defective structure")
         check_atoms(pristine, "pristine host")
-        match = match_to_host(defective, pristine, tolerance)
+        return cls.from_match(defective, pristine, match_to_host(defective, pristine, tolerance),
+                              elements)
+
+    @classmethod
+    def from_match(cls, defective: Atoms, pristine: Atoms, match: Match,
+                   elements: list[int] | None = None) -> DefectStructure:
+        """Defective structure plus its host, from their :class:`~ase_definet.matching.Match`
+        (made once, e.g. by the host detection)."""
         match.spec.validate(pristine, elements)
         for at, what in ((pristine, "pristine host"), (defective, "defective structure")):
             check_min_distance(at.positions, pristine.cell[:], pristine.pbc, what)
@@ -87,6 +94,19 @@ class DefectStructure:
         if pristine is not None:
             return cls.from_pair(atoms, pristine, elements, tolerance)
         return cls.from_host(atoms, defects, elements)
+
+    @classmethod
+    def from_sites(cls, pristine: Atoms, spec: SpecLike, atom_positions: np.ndarray
+                   ) -> DefectStructure:
+        """The defective atoms in host order (``spec.site_index``, as stored in a pair) at
+        ``atom_positions`` (n_atoms, 3) Å, each next to its site; vacancy placeholders
+        at their pristine sites. The record of the unrelaxed side of a training pair."""
+        spec = DefectSpec.from_any(spec)
+        idx = spec.site_index(len(pristine))
+        pos = pristine.positions.copy()
+        pos[idx] = atom_positions
+        return cls(pristine=_plain_copy(pristine), spec=spec, site_positions=pos,
+                   atom_sites=idx, offsets=np.zeros((len(idx), 3)))
 
     # ------------------------------------------------------------------ views
     @property

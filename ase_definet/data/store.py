@@ -31,6 +31,7 @@ from ase.geometry import find_mic
 
 from ..defects import DefectSpec
 from ..matching import Match
+from ..structure import DefectStructure
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ class Pair:
     @property
     def site_index(self) -> np.ndarray:
         return self.spec.site_index(len(self.pristine))
+
+    @property
+    def structure(self) -> DefectStructure:
+        """The unrelaxed side as the one record of a defect structure, from which
+        inference, training and evaluation alike build the graph."""
+        return DefectStructure.from_sites(self.pristine, self.spec, self.unrelaxed.positions)
 
     def relaxed(self) -> Atoms:
         at = self.unrelaxed.copy()

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..data.store import Pair, expand_paths, iter_pairs, pair_from_match
 from ..fileio import atomic_write
-from ..graph import Graph, GraphBatch, build_graph, collate
+from ..graph import Graph, GraphBatch, collate
 from ..matching import DEFAULT_TOLERANCE, match_to_host
 
 logger = logging.getLogger(__name__)
@@ -73,20 +73,16 @@ class Sample:
 
 
 def pair_to_sample(pair: Pair, cutoff: float, max_neighbors: int | None) -> Sample:
-    """Build the graph of a pair and its per-site targets."""
-    n = len(pair.pristine)
-    idx = pair.site_index
-    site_pos = pair.pristine.positions.copy()
-    site_pos[idx] = pair.unrelaxed.positions
-    target = site_pos.copy()
-    target[idx] = pair.relaxed_positions
-    mask = np.zeros(n, dtype=bool)
-    mask[idx] = True
-    spec = pair.spec
-    graph = build_graph(spec.site_numbers(pair.pristine), spec.markers(n), site_pos,
-                        pair.pristine.cell[:], pair.pristine.pbc, cutoff, max_neighbors)
+    """The graph of a pair's unrelaxed structure (built by
+    :meth:`~ase_definet.structure.DefectStructure.graph`, as at inference) and its
+    per-site targets."""
+    s = pair.structure
+    target = s.site_positions.copy()
+    target[s.atom_sites] = pair.relaxed_positions
+    mask = np.zeros(s.n_sites, dtype=bool)
+    mask[s.atom_sites] = True
     info = {k: v for k, v in pair.info.items() if isinstance(v, (str, int, float, bool))}
-    return Sample(graph=graph, target=target, mask=mask, info=info)
+    return Sample(graph=s.graph(cutoff, max_neighbors), target=target, mask=mask, info=info)
 
 
 class PairDataset(torch.utils.data.Dataset):
