@@ -1,14 +1,21 @@
-"""Inference: DefectStructures in, coordinates out (one forward pass per batch)."""
+"""Inference: DefectStructures in, coordinates out (one forward pass per batch).
+
+:func:`iter_layer_outputs` is the one batched inference loop of the package: prediction
+(:func:`predict_sites`), evaluation, staged training and calibration all run through it.
+"""
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from .graph import collate
+from .graph import GraphBatch, collate
 from .model import DefiNet
 from .structure import DefectStructure
 from .validate import check_prediction
@@ -48,6 +55,62 @@ def check_stages(model: DefiNet, stages: int | None) -> int | None:
     return int(stages)
 
 
+@dataclass(frozen=True)
+class BatchOutput:
+    """What the model computed for one batch of structures.
+
+    Attributes:
+        layers: the coordinates after every layer, ``[r^(0), ..., r^(S*T)]`` for the S
+            stages run, each (N, 3) Å over the N sites of the batch, in the model's
+            dtype on its device; ``r^(0)`` is the input.
+        sizes: (B,) number of sites of each structure, in batch order.
+    """
+
+    layers: list[torch.Tensor]
+    sizes: np.ndarray
+
+    @property
+    def slices(self) -> list[slice]:
+        """Each structure's rows of the (N, ...) site arrays, in batch order."""
+        ends = np.cumsum(self.sizes)
+        return [slice(int(e - n), int(e)) for e, n in zip(ends, self.sizes)]
+
+
+B = TypeVar("B")
+
+
+def iter_layer_outputs(model: DefiNet, batches: Iterable[B], *, stages: int | None = None,
+                       compile: bool = False, device: torch.device | str | None = None
+                       ) -> Iterator[tuple[B, BatchOutput]]:
+    """One forward pass per batch: yields ``(batch, BatchOutput)`` for every item of
+    ``batches``.
+
+    An item is a :class:`~ase_definet.graph.GraphBatch` (on the CPU) or anything with
+    such a ``graph`` attribute (a training ``Batch``); its graph is moved to ``device``
+    (default: the model's) and cast to the model's dtype. The forward pass runs in eval
+    mode under :func:`torch.inference_mode` (entered for the forward only, not across
+    the ``yield``); the model's train/eval mode is restored in ``finally``, also on an
+    error. Close the generator when leaving early (``with contextlib.closing(...)``) so
+    that the mode is restored at once. ``stages`` and ``compile`` as in
+    :func:`predict_sites`.
+    """
+    stages = check_stages(model, stages)
+    dtype = model_dtype(model)
+    device = device if device is not None else model_device(model)
+    forward = compiled(model) if compile else model
+    was_training = model.training
+    model.eval()
+    try:
+        for item in batches:
+            graph: GraphBatch = item if isinstance(item, GraphBatch) else item.graph
+            with torch.inference_mode():
+                layers = forward(graph.to(device, dtype), stages=stages)
+            sizes = np.bincount(graph.batch.cpu().numpy(), minlength=graph.num_graphs)
+            yield item, BatchOutput(layers=layers, sizes=sizes)
+    finally:
+        model.train(was_training)
+
+
 def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
                   all_layers: bool = False, compile: bool = False,
                   stages: int | None = None) -> list[np.ndarray]:
@@ -61,21 +124,16 @@ def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
     """
     stages = check_stages(model, stages)
     graphs = [s.graph(model.cutoff, model.max_neighbors) for s in structures]
-    dtype, device = model_dtype(model), model_device(model)
-    batch = collate(graphs, dtype=dtype).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            layers = (compiled(model) if compile else model)(batch, stages=stages)
-            # displacements in the model's dtype, added to the float64 input coordinates
-            out = (torch.stack(layers) if all_layers else layers[-1]) - layers[0]
-            out = out.to("cpu", torch.float64).numpy()
-    finally:
-        model.train(was_training)
-    sizes = np.cumsum([0] + [g.n_sites for g in graphs])
-    result = [s.site_positions + out[..., a:b, :]
-              for s, a, b in zip(structures, sizes[:-1], sizes[1:])]
+    batch = collate(graphs, dtype=model_dtype(model))
+    with closing(iter_layer_outputs(model, [batch], stages=stages,
+                                    compile=compile)) as outputs:
+        [(_, output)] = outputs
+    layers = output.layers
+    # displacements in the model's dtype, added to the float64 input coordinates
+    out = (torch.stack(layers) if all_layers else layers[-1]) - layers[0]
+    out = out.to("cpu", torch.float64).numpy()
+    result = [s.site_positions + out[..., sl, :]
+              for s, sl in zip(structures, output.slices)]
     for k, positions in enumerate(result):
         check_prediction(positions, k)
     return result

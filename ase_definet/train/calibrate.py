@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from ..data.store import Pair
 from ..domain import Domain, defect_kinds
 from ..model import DefiNet
+from ..predict import iter_layer_outputs
 from ..uncertainty import Calibration, fit_calibration, stage_spread
 from .dataset import PairDataset, iter_batches
 
@@ -44,35 +46,25 @@ def collect(model: DefiNet, dataset: PairDataset, batch_size: int = 8,
     """One forward pass per batch; the spreads and errors of every stage count are read
     off the layer outputs (stage s's prediction is the output of layer s*T)."""
     T, S = model.config.layers, model.config.refine + 1
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
     records: list[StructureRecord] = []
     k = 0
-    try:
-        with torch.inference_mode():
-            for batch in tqdm(iter_batches(dataset, batch_size, shuffle=False),
-                              total=-(-len(dataset) // batch_size), desc="calibration",
-                              unit="batch", disable=not progress):
-                layers = torch.stack(model(batch.to(device, dtype).graph)).double().cpu().numpy()
-                target = batch.target.double().numpy()
-                sizes = np.bincount(batch.graph.batch.numpy(), minlength=batch.graph.num_graphs)
-                off = 0
-                for info, n in zip(batch.infos, sizes):
-                    m = dataset[k].mask
-                    k += 1
-                    sl = slice(off, off + n)
-                    off += n
-                    rec = StructureRecord(info=dict(info))
-                    rec.dummy = np.linalg.norm(layers[0, sl][m] - target[sl][m], axis=1)
-                    for s in range(1, S + 1):
-                        run = layers[: s * T + 1, sl]
-                        rec.spread[s] = stage_spread(run, T)[m]
-                        rec.error[s] = np.linalg.norm(run[-1][m] - target[sl][m], axis=1)
-                    records.append(rec)
-    finally:
-        model.train(was)
+    batches = tqdm(iter_batches(dataset, batch_size, shuffle=False),
+                   total=-(-len(dataset) // batch_size), desc="calibration", unit="batch",
+                   disable=not progress)
+    with closing(iter_layer_outputs(model, batches)) as outputs:
+        for batch, out in outputs:
+            layers = torch.stack(out.layers).double().cpu().numpy()
+            target = batch.target.double().numpy()
+            for info, sl in zip(batch.infos, out.slices):
+                m = dataset[k].mask
+                k += 1
+                rec = StructureRecord(info=dict(info))
+                rec.dummy = np.linalg.norm(layers[0, sl][m] - target[sl][m], axis=1)
+                for s in range(1, S + 1):
+                    run = layers[: s * T + 1, sl]
+                    rec.spread[s] = stage_spread(run, T)[m]
+                    rec.error[s] = np.linalg.norm(run[-1][m] - target[sl][m], axis=1)
+                records.append(rec)
     return records
 
 

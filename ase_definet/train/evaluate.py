@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model import DefiNet
+from ..predict import iter_layer_outputs
 from .dataset import PairDataset, iter_batches
 from .metrics import RADII, ErrorAccumulator, sample_groups
 
@@ -21,7 +23,6 @@ logger = logging.getLogger(__name__)
 REGIONS = ["all"] + [f"A{int(r)}" for r in RADII]
 
 
-@torch.inference_mode()
 def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
                    device: torch.device | str | None = None, progress: bool = False,
                    collect: bool = False) -> tuple[ErrorAccumulator, dict[str, np.ndarray]]:
@@ -31,40 +32,33 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
     With ``collect``, also returns the arrays needed for plots: true and predicted
     displacements (n, 3) Å and the distance of each atom to the nearest defect.
     ``device`` defaults to the model's own (``get_model`` puts it on the GPU when present).
+    The forward passes run through :func:`~ase_definet.predict.iter_layer_outputs`.
     """
-    device = device if device is not None else next(model.parameters()).device
-    was = model.training
-    model.eval()
     acc = ErrorAccumulator()
-    dtype = next(model.parameters()).dtype
     keep: dict[str, list] = {"true": [], "pred": [], "near": []}
+    batches = tqdm(iter_batches(dataset, batch_size, shuffle=False), disable=not progress,
+                   total=-(-len(dataset) // batch_size), desc="evaluating", unit="batch")
     k = 0
-    for batch in tqdm(iter_batches(dataset, batch_size, shuffle=False), disable=not progress,
-                      total=-(-len(dataset) // batch_size), desc="evaluating", unit="batch"):
-        b = batch.to(device, dtype)
-        pred = model(b.graph)[-1].double().cpu().numpy()
-        start = batch.graph.positions.double().numpy()
-        target = batch.target.double().numpy()
-        sizes = np.bincount(batch.graph.batch.numpy(), minlength=batch.graph.num_graphs)
-        off = 0
-        for info, n in zip(batch.infos, sizes):
-            sample = dataset[k]
-            k += 1
-            sl = slice(off, off + n)
-            off += n
-            m = sample.mask
-            near = sample.near_defect()[m]
-            err = np.linalg.norm(pred[sl][m] - target[sl][m], axis=1)
-            dummy = np.linalg.norm(start[sl][m] - target[sl][m], axis=1)
-            groups = sample_groups(info)
-            acc.add(groups, err, near)
-            acc.add(groups, dummy, near, prefix="dummy_")
-            acc.add_structure(groups, float(err.mean()), float(dummy.mean()))
-            if collect:
-                keep["true"].append(target[sl][m] - start[sl][m])
-                keep["pred"].append(pred[sl][m] - start[sl][m])
-                keep["near"].append(near)
-    model.train(was)
+    with closing(iter_layer_outputs(model, batches, device=device)) as outputs:
+        for batch, out in outputs:
+            pred = out.layers[-1].double().cpu().numpy()
+            start = batch.graph.positions.double().numpy()
+            target = batch.target.double().numpy()
+            for info, sl in zip(batch.infos, out.slices):
+                sample = dataset[k]
+                k += 1
+                m = sample.mask
+                near = sample.near_defect()[m]
+                err = np.linalg.norm(pred[sl][m] - target[sl][m], axis=1)
+                dummy = np.linalg.norm(start[sl][m] - target[sl][m], axis=1)
+                groups = sample_groups(info)
+                acc.add(groups, err, near)
+                acc.add(groups, dummy, near, prefix="dummy_")
+                acc.add_structure(groups, float(err.mean()), float(dummy.mean()))
+                if collect:
+                    keep["true"].append(target[sl][m] - start[sl][m])
+                    keep["pred"].append(pred[sl][m] - start[sl][m])
+                    keep["near"].append(near)
     empty = {"true": (0, 3), "pred": (0, 3), "near": (0,)}
     arrays = {key: np.concatenate(v) if v else np.zeros(empty[key]) for key, v in keep.items()}
     return acc, arrays

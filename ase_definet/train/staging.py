@@ -10,34 +10,30 @@ stages in every step.
 
 from __future__ import annotations
 
-import numpy as np
+from contextlib import closing
+
 import torch
 from tqdm.auto import tqdm
 
 from ..model import DefiNet
+from ..predict import iter_layer_outputs
 from .dataset import PairDataset, iter_batches
 
 
-@torch.inference_mode()
 def staged_dataset(model: DefiNet, dataset: PairDataset, stages: int, batch_size: int = 16,
                    device: torch.device | str | None = None, progress: bool = True
                    ) -> PairDataset:
     """``dataset`` with every pair starting from the prediction of the first ``stages``
     stages of ``model`` (targets, masks and the defect regions unchanged)."""
-    device = device if device is not None else next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    was = model.training
-    model.eval()
     moved = []
     k = 0
-    for batch in tqdm(iter_batches(dataset, batch_size, shuffle=False),
-                      total=-(-len(dataset) // batch_size), desc=f"stages 1-{stages}",
-                      unit="batch", disable=None if progress else True):
-        pred = model(batch.graph.to(device, dtype), stages=stages)[-1]
-        pred = pred.double().cpu().numpy()
-        sizes = np.bincount(batch.graph.batch.numpy(), minlength=batch.graph.num_graphs)
-        for start, n in zip(np.cumsum(sizes) - sizes, sizes):
-            moved.append(dataset[k].moved_to(pred[start:start + n].copy()))
-            k += 1
-    model.train(was)
+    batches = tqdm(iter_batches(dataset, batch_size, shuffle=False),
+                   total=-(-len(dataset) // batch_size), desc=f"stages 1-{stages}",
+                   unit="batch", disable=None if progress else True)
+    with closing(iter_layer_outputs(model, batches, stages=stages, device=device)) as outputs:
+        for _, out in outputs:
+            pred = out.layers[-1].double().cpu().numpy()
+            for sl in out.slices:
+                moved.append(dataset[k].moved_to(pred[sl].copy()))
+                k += 1
     return PairDataset(moved)
