@@ -3,7 +3,8 @@ prediction against the stored ones started from the unrelaxed structure.
 
     python benchmarks/warm_start.py --data 'data/[GIWhB]*_009.db' --per-file 6
 
-For each stored pair (val and test splits only, so the model never trained on them):
+For each stored pair labelled from the unrelaxed structure (``--splits``, by default val
+and test only, so the model never trained on them):
 relax the unrelaxed structure again with the teacher, but starting from the model's
 prediction (``ase_definet.data.label.relax_from``), and compare with the stored label:
 the mean and largest distance between the two relaxed structures (Å; compare with the
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", required=True)
-    p.add_argument("--per-file", type=int, default=6, help="val/test pairs per file")
+    p.add_argument("--per-file", type=int, default=6, help="pairs per file")
+    p.add_argument("--splits", nargs="+", default=["val", "test"],
+                   help="splits to draw from (all three for pairs no weights trained on)")
     p.add_argument("--weights", default="default")
     p.add_argument("--teacher", default="chgnet")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/warm_start.txt")
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     calc = get_teacher(args.teacher)
     rows = []
     for path in expand_paths(args.data):
-        held = [q for s in ("val", "test") for q in iter_pairs([path], split=s)]
+        held = [q for s in args.splits for q in iter_pairs([path], split=s)
+                if q.info.get("label_start", "unrelaxed") == "unrelaxed"]  # cold labels
         for pair in held[: args.per_file]:
             info = pair.info
             start = predicted_start(model, pair.pristine, pair.spec)
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         r["steps_warm"])
     lines = [f"# python benchmarks/warm_start.py --data {' '.join(map(repr, args.data))} "
              f"--per-file {args.per_file} --weights {args.weights}",
-             f"# {len(rows)} val/test pairs; distances between the warm-started and the "
+             f"# {len(rows)} pairs of splits {'/'.join(args.splits)}; distances between the "
+             "warm-started and the "
              "stored label, medians per group",
              f"{'group':22s}{'pairs':>6s}{'mean dist':>10s}{'max dist':>9s}{'dE meV':>8s}"
              f"{'steps cold':>11s}{'steps warm':>11s}{'saved':>7s}{'>0.02 Å':>8s}"]
