@@ -1,25 +1,29 @@
-"""``definet train``, ``definet finetune`` and ``definet evaluate``."""
+"""``definet train``, ``definet finetune`` and ``definet evaluate``: a thin layer.
+
+The training flags come from :class:`~ase_definet.train.trainer.TrainConfig`'s fields
+(:func:`add_setting_flag`), the fine-tuning surgery from :mod:`.finetune`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .dataset import FORMATS, PairDataset, detect_format, load_dataset, load_pairs
+from .trainer import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", nargs="+",
-                   help="relaxation runs with --pristine (vasprun.xml, OUTCAR, folders with "
-                   "POSCAR+CONTCAR, ASE .traj files; folders and quoted globs of them, e.g. "
-                   "'runs/*/vasprun.xml'), ase.db files/folders/globs, a 2DMD root, or "
-                   "extxyz files of alternating (unrelaxed, relaxed) frames with --pristine")
+    add_setting_flag(p, "data")
     p.add_argument("--pristine", nargs="+", metavar="HOST",
                    help="pristine host(s) of runs and extxyz pairs: one file, or one per "
                    "material (each run takes the first host its cell and sites match)")
@@ -31,46 +35,69 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="for runs whose files state no convergence criterion (trajectories): "
                    "skip those whose last forces exceed this")
     p.add_argument("--material", help="only pairs of this material")
-    p.add_argument("--cache-dir", help="cache built graphs here (ase.db sources)")
+    add_setting_flag(p, "cache_dir")
+
+
+# TrainConfig fields that are flags of `definet train` and `definet finetune`, in the
+# order of --help (--val-fraction goes before `description`); `data` and `cache_dir` are
+# among the data options (of `evaluate` and `card` too), `init_from` is `finetune --from`
+TRAIN_FLAGS = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor",
+               "lr_patience", "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop",
+               "input_noise", "train_stage", "material_weights", "seed", "device", "threads",
+               "max_hours", "compile", "description")
+DATA_FLAGS = ("data", "cache_dir")
+# TrainConfig fields with no flag of their own (`model`: --hidden, --layers, ...)
+NOT_FLAGS = ("model", "init_from", "train_split", "val_split", "deterministic")
+# flag values turned into setting values
+_CONVERT = {"material_weights": lambda items: parse_weights(items)}
+
+
+def flag_name(setting: str) -> str:
+    """``batch_size`` -> ``--batch-size``."""
+    return "--" + setting.replace("_", "-")
+
+
+def add_setting_flag(p: argparse.ArgumentParser, name: str) -> argparse.Action:
+    """The flag of the :class:`TrainConfig` field ``name``: its type from the field's
+    annotation (``X | None`` as ``X``; a bool is ``store_true``; lists and dicts take one
+    or more items), its help, ``metavar`` and ``choices`` from the field's metadata. The
+    default is ``None`` so that a ``--config`` file or a resumed run can set it (the
+    help shows the field's default, see ``ase_definet.cli``)."""
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    kind = typing.get_type_hints(TrainConfig)[name]
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    kw: dict[str, Any] = {"dest": name, "default": None, "help": f.metadata.get("help")}
+    kw.update({k: f.metadata[k] for k in ("metavar", "choices") if k in f.metadata})
+    if kind is bool:
+        kw["action"] = "store_true"
+    elif typing.get_origin(kind) in (list, dict):
+        kw["nargs"] = "+"
+    else:
+        kw["type"] = kind
+    if "choices" in kw:
+        kw["choices"] = list(kw["choices"])
+    return p.add_argument(flag_name(name), **kw)
+
+
+def settings_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` settings given as flags (those not given are left out)."""
+    out = {}
+    for name in TRAIN_FLAGS + DATA_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = _CONVERT.get(name, lambda v: v)(value)
+    return out
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_data_args(p)
     p.add_argument("--config", help="JSON or TOML file of training settings")
-    p.add_argument("--out", help="output folder (resumes if it holds last.pt)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lr-factor", type=float)
-    p.add_argument("--lr-patience", type=int)
-    p.add_argument("--schedule", choices=["plateau", "cosine"],
-                   help="learning-rate schedule: plateau (the paper's ReduceLROnPlateau) or "
-                   "cosine (decay to --min-lr over --epochs, for fixed budgets)")
-    p.add_argument("--min-lr", type=float)
-    p.add_argument("--clip-grad", type=float)
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--early-stop", type=int)
-    p.add_argument("--input-noise", type=float, metavar="SIGMA",
-                   help="augmentation: Gaussian noise (Å, standard deviation) added to "
-                        "the unrelaxed input positions of each training batch (default 0)")
-    p.add_argument("--train-stage", type=int, metavar="STAGE",
-                   help="with refinement stages (see --add-stage): train only this stage "
-                        "(0 the first, -1 the last), the others frozen")
-    p.add_argument("--material-weights", nargs="+", metavar="MATERIAL=W",
-                   help="loss weight of each named material's pairs (default 1), e.g. "
-                        "hBN=3: the loss is a mean distance in Å, so materials whose "
-                        "atoms move little count little otherwise")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--max-hours", type=float)
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training forward: 1.5-2x faster on CPU after "
-                        "1-4 minutes of compiling")
+    for name in TRAIN_FLAGS[:-1]:
+        add_setting_flag(p, name)
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="validation share when the pairs carry no split")
-    p.add_argument("--description", help="what the training data is (for the model card)")
+    add_setting_flag(p, "description")
     p.add_argument("--hidden", type=int,
                    help="model hyperparameter (feature width F); fine-tuning may grow it "
                         "by an integer factor, which keeps the checkpoint's output")
@@ -161,19 +188,17 @@ def parse_weights(items: list[str]) -> dict[str, float]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..checkpoint import get_model
-    from ..model import DefiNet, DefiNetConfig
+    from ..model import DefiNetConfig
     from .card import write_model_card
-    from .trainer import TrainConfig, Trainer, read_settings, set_up_torch, with_saved_settings
+    from .finetune import (
+        check_finetune_changes,
+        finetune_metadata,
+        finetune_train_stage,
+        prepare_finetune,
+    )
+    from .trainer import Trainer, read_settings, set_up_torch, with_saved_settings
 
-    keys = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor", "lr_patience",
-            "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop", "input_noise",
-            "train_stage", "seed", "device", "threads", "max_hours", "description",
-            "cache_dir", "compile")
-    overrides: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    if args.data:
-        overrides["data"] = args.data
-    if args.material_weights:
-        overrides["material_weights"] = parse_weights(args.material_weights)
+    overrides = settings_given(args)
     init_from = getattr(args, "init_from", None)
     if init_from:
         overrides["init_from"] = init_from
@@ -186,45 +211,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                 "cutoff", "axial_global")
                   if getattr(args, k) is not None}
     cfg.model = {**cfg.model, **model_over}
-    model, widened = None, None
+    model, finetune_meta = None, {}
     if cfg.init_from:
-        # the neighbour cap is a graph setting, not a weight shape: it may change; the
-        # axial channel may be added (it starts inert, so training starts from the base)
-        # --hidden may grow by an integer factor (function-preserving widening)
-        fixed = sorted(set(model_over) - {"max_neighbors", "axial_global", "hidden"})
-        if fixed:
-            raise ValueError("fine-tuning keeps the checkpoint's architecture: drop "
-                             f"{fixed} (only --max-neighbors, --axial-global and --hidden "
-                             "may change)")
+        check_finetune_changes(model_over)
         base = get_model(cfg.init_from, "cpu")
-        hidden, width = model_over.pop("hidden", base.config.hidden), base.config.hidden
-        if hidden != width:
-            from ..model.widen import widen_model
-
-            if hidden % width or hidden < width:
-                raise ValueError(f"--hidden {hidden} must be a multiple of the checkpoint's "
-                                 f"width {width} (fine-tuning can only widen)")
-            base = widen_model(base, hidden // width, seed=cfg.seed)
-            widened = {"from_hidden": width, "to_hidden": hidden}
-            logger.info("widened %s from F=%d to F=%d (same output)", cfg.init_from, width,
-                        hidden)
         add_stage = bool(getattr(args, "add_stage", False))
-        model = DefiNet(DefiNetConfig.from_dict({**base.config.to_dict(), **model_over,
-                                                 "refine": base.config.refine + add_stage}))
-        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-        if add_stage:  # the new stage starts as a copy of the checkpoint's last
-            last = base.refiners[-1] if base.config.refine else base
-            model.refiners[-1].load_state_dict(
-                {k: v for k, v in last.state_dict().items() if not k.startswith("refiners.")})
-            prefix = f"refiners.{len(model.refiners) - 1}."
-            missing = [k for k in missing if not k.startswith(prefix)]
-            if cfg.train_stage is None:
-                cfg.train_stage = -1
-            logger.info("added stage %d, a copy of the checkpoint's last stage",
-                        len(model.refiners) + 1)
-        if unexpected or any(".ax_" not in k for k in missing):
-            raise ValueError(f"{cfg.init_from} does not match its own configuration: "
-                             f"missing {missing}, unexpected {unexpected}")
+        model = prepare_finetune(base, **model_over, add_stage=add_stage, seed=cfg.seed,
+                                 name=str(cfg.init_from))
+        cfg.train_stage = finetune_train_stage(cfg.train_stage, add_stage)
+        finetune_meta = finetune_metadata(base, model, cfg.init_from)
         # record the architecture actually trained (the config file's `model` is unused)
         cfg.model = {k: v for k, v in model.config.to_dict().items() if k != "elements"}
         cutoff, max_nb = model.cutoff, model.max_neighbors
@@ -251,10 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                      "n_val": len(val), "n_test": len(test),
                      "teachers": sorted({str(s.info.get("teacher", "unknown"))
                                          for s in train.samples})}}
-    if cfg.init_from:
-        meta["finetuned_from"] = str(cfg.init_from)
-    if widened:
-        meta["widened"] = widened
+    meta.update(finetune_meta)
     set_up_torch(cfg)  # threads, deterministic mode, seed: the entry point's to set
     trainer = Trainer(cfg, train, val, model=model, metadata=meta)
     trainer.try_resume()

@@ -50,53 +50,89 @@ MIN_VAL_PAIRS = 5  # fewer validation pairs than this: a warning (too few to sel
 PROGRESS_INTERVAL_S = 30.0  # without a terminal (no progress bar): a log line this often
 
 
+def _meta(help: str, **cli: Any) -> dict[str, Any]:
+    """A :class:`TrainConfig` field's metadata: its help text, and any ``metavar`` or
+    ``choices`` of its command-line flag (``train/cli.py`` derives the flags from them)."""
+    return {"help": help, **cli}
+
+
+def _setting(default: Any, help: str, **cli: Any) -> Any:
+    """A :class:`TrainConfig` field with an immutable default and :func:`_meta` metadata."""
+    return field(default=default, metadata=_meta(help, **cli))
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (also readable from a JSON/TOML file)."""
+    """Every setting of a training run (also readable from a JSON/TOML file).
 
-    data: list[str] = field(default_factory=lambda: ["data"])
-    out: str = "runs/definet"
-    model: dict[str, Any] = field(default_factory=lambda: {"hidden": 128, "layers": 4,
-                                                           "max_neighbors": 24})
-    init_from: str | None = None  # weights name or checkpoint: fine-tuning
-    epochs: int = 300
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    lr_factor: float = 0.8
-    lr_patience: int = 5
-    min_lr: float = 1e-6
+    Each field's ``metadata["help"]`` says what it does; ``definet train`` and
+    ``definet finetune`` take their flags, help and shown defaults from these fields.
+    """
+
+    data: list[str] = field(default_factory=lambda: ["data"], metadata=_meta(
+        "relaxation runs with --pristine (vasprun.xml, OUTCAR, folders with POSCAR+CONTCAR, "
+        "ASE .traj files; folders and quoted globs of them, e.g. 'runs/*/vasprun.xml'), "
+        "ase.db files/folders/globs, a 2DMD root, or extxyz files of alternating "
+        "(unrelaxed, relaxed) frames with --pristine"))
+    out: str = _setting("runs/definet", "output folder (resumes if it holds last.pt)")
+    model: dict[str, Any] = field(
+        default_factory=lambda: {"hidden": 128, "layers": 4, "max_neighbors": 24},
+        metadata=_meta("DefiNetConfig settings of a new model (on the command line: "
+                       "--hidden, --layers, ...); fine-tuning records the checkpoint's"))
+    init_from: str | None = _setting(None, "weights name or checkpoint to fine-tune "
+                                           "(definet finetune --from)")
+    epochs: int = _setting(300, "maximum number of epochs")
+    batch_size: int = _setting(8, "pairs per optimizer step (and per validation batch)")
+    lr: float = _setting(1e-4, "AdamW learning rate")
+    weight_decay: float = _setting(0.01, "AdamW weight decay")
+    lr_factor: float = _setting(0.8, "plateau schedule: learning-rate factor when the "
+                                     "validation MAE stalls")
+    lr_patience: int = _setting(5, "plateau schedule: epochs without improvement before "
+                                   "the learning rate drops")
+    min_lr: float = _setting(1e-6, "lowest learning rate of either schedule")
     # "plateau" (the paper): ReduceLROnPlateau on the validation MAE; "cosine": cosine
     # decay from lr to min_lr over `epochs`, per step (for fixed budgets; early stopping
     # and max_hours still apply)
-    schedule: str = "plateau"
-    clip_grad: float = 10.0
-    # loss weight of each material's pairs (default 1): the loss is a mean distance in Å,
-    # so materials whose atoms move little (h-BN) count little against BP or InSe
-    material_weights: dict[str, float] = field(default_factory=dict)
-    ema_decay: float = 0.999
-    # augmentation: Gaussian noise of this standard deviation (Å, per Cartesian
-    # component) added to the unrelaxed input positions of every training batch, the
-    # relaxed target unchanged (meant to stay well below the relaxation's own
-    # displacements, so that the noisy start still belongs to that minimum); 0 = off.
-    # Drawn from the run's seeded generator, so resumes stay exact.
-    input_noise: float = 0.0
-    # train only this stage of a model with refinement stages (0 the first, -1 the
-    # last), the others frozen; None trains every parameter. The last stage trains
-    # alone on the frozen stages' predictions (computed once), and input_noise then
-    # perturbs those predictions, its own input.
-    train_stage: int | None = None
-    early_stop: int = 40  # epochs without improvement of the validation MAE
-    seed: int = 0
-    device: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    cache_dir: str | None = None
-    threads: int | None = None
-    max_hours: float | None = None  # stop cleanly (resumable) after this long
-    deterministic: bool = True  # deterministic scatter/gather backward: exact resumes
-    compile: bool = False  # torch.compile the training forward (1.5-2x on CPU; 1-4 min to compile)
-    description: str = ""  # what the training data is, for the model card
+    schedule: str = _setting(
+        "plateau", "learning-rate schedule: plateau (the paper's ReduceLROnPlateau) or "
+        "cosine (decay to --min-lr over --epochs, for fixed budgets)",
+        choices=("plateau", "cosine"))
+    clip_grad: float = _setting(10.0, "gradient-norm clipping threshold")
+    material_weights: dict[str, float] = field(default_factory=dict, metadata=_meta(
+        "loss weight of each named material's pairs (default 1), e.g. hBN=3: the loss is a "
+        "mean distance in Å, so materials whose atoms move little count little otherwise",
+        metavar="MATERIAL=W"))
+    ema_decay: float = _setting(0.999, "decay of the exponential moving average of the "
+                                       "weights (validated and saved)")
+    # per Cartesian component; the relaxed target is unchanged (meant to stay well below
+    # the relaxation's own displacements, so that the noisy start still belongs to that
+    # minimum). Drawn from the run's seeded generator, so resumes stay exact.
+    input_noise: float = _setting(
+        0.0, "augmentation: Gaussian noise (Å, standard deviation) added to the unrelaxed "
+        "input positions of each training batch (0: off)", metavar="SIGMA")
+    # the last stage trains alone on the frozen stages' predictions (computed once), and
+    # input_noise then perturbs those predictions, its own input.
+    train_stage: int | None = _setting(
+        None, "with refinement stages (see --add-stage): train only this stage (0 the "
+        "first, -1 the last), the others frozen; default: every parameter",
+        metavar="STAGE")
+    early_stop: int = _setting(40, "stop after this many epochs without improvement of the "
+                                   "validation MAE")
+    seed: int = _setting(0, "seed of the initial weights, the batch order, the noise and "
+                            "(without splits) the validation share")
+    device: str | None = _setting(None, "torch device (default: $DEFINET_DEVICE, else CUDA "
+                                        "if present, else CPU)")
+    train_split: str = _setting("train", "name of the training split (recorded with the "
+                                         "run; the pairs' own split decides)")
+    val_split: str = _setting("val", "name of the validation split (recorded with the run)")
+    cache_dir: str | None = _setting(None, "cache built graphs here (ase.db sources)")
+    threads: int | None = _setting(None, "torch CPU threads (default: torch's)")
+    max_hours: float | None = _setting(None, "stop cleanly (resumable) after this many hours")
+    deterministic: bool = _setting(True, "deterministic scatter/gather backward: exact "
+                                         "resumes")
+    compile: bool = _setting(False, "torch.compile the training forward: 1.5-2x faster on "
+                                    "CPU after 1-4 minutes of compiling")
+    description: str = _setting("", "what the training data is (for the model card)")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:

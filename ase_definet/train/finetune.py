@@ -1,0 +1,123 @@
+"""Fine-tuning surgery: the model a fine-tuning run starts from.
+
+A checkpoint keeps its architecture when fine-tuned, except for what can change without
+changing its output: the neighbour cap (a graph setting, not a weight shape), the axial
+global channel (it starts inert), the width (grown by an integer factor, function
+preserving, :func:`~ase_definet.model.widen.widen_model`) and a refinement stage
+appended as a copy of the last one. :func:`prepare_finetune` does all of it::
+
+    base = get_model("default", "cpu")
+    model = prepare_finetune(base, hidden=2 * base.config.hidden, add_stage=True)
+    config.train_stage = finetune_train_stage(config.train_stage, add_stage=True)  # -1
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ..model import DefiNet, DefiNetConfig
+from ..model.widen import widen_model
+
+logger = logging.getLogger(__name__)
+
+# the DefiNetConfig settings a fine-tuning run may change
+FINETUNE_CHANGES = frozenset({"max_neighbors", "axial_global", "hidden"})
+
+
+def check_finetune_changes(changes: Mapping[str, Any]) -> None:
+    """``ValueError`` if ``changes`` (DefiNetConfig names) alter more than
+    :data:`FINETUNE_CHANGES` allows."""
+    fixed = sorted(set(changes) - FINETUNE_CHANGES)
+    if fixed:
+        raise ValueError("fine-tuning keeps the checkpoint's architecture: drop "
+                         f"{fixed} (only --max-neighbors, --axial-global and --hidden "
+                         "may change)")
+
+
+def widen_to(base: DefiNet, hidden: int, *, seed: int = 0,
+             name: str = "the checkpoint") -> DefiNet:
+    """``base`` widened to feature width ``hidden``, computing the same output (``base``
+    itself when the width is already ``hidden``). ``hidden`` must be a multiple of the
+    base width: fine-tuning can only widen. ``seed`` draws the symmetry-breaking noise."""
+    width = base.config.hidden
+    if hidden == width:
+        return base
+    if hidden % width or hidden < width:
+        raise ValueError(f"--hidden {hidden} must be a multiple of the checkpoint's "
+                         f"width {width} (fine-tuning can only widen)")
+    wide = widen_model(base, hidden // width, seed=seed)
+    logger.info("widened %s from F=%d to F=%d (same output)", name, width, hidden)
+    return wide
+
+
+def load_base_weights(model: DefiNet, base: DefiNet, *, new_stage: bool = False,
+                      name: str = "the checkpoint") -> DefiNet:
+    """Copy ``base``'s weights into ``model`` (same architecture, up to a new axial
+    channel and, with ``new_stage``, one more refinement stage, which starts as a copy
+    of ``base``'s last stage). ``ValueError`` for any other mismatch of the state-dict
+    keys. Returns ``model``."""
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if new_stage:
+        last = base.refiners[-1] if base.config.refine else base
+        model.refiners[-1].load_state_dict(
+            {k: v for k, v in last.state_dict().items() if not k.startswith("refiners.")})
+        prefix = f"refiners.{len(model.refiners) - 1}."
+        missing = [k for k in missing if not k.startswith(prefix)]
+        logger.info("added stage %d, a copy of the checkpoint's last stage",
+                    len(model.refiners) + 1)
+    if unexpected or any(".ax_" not in k for k in missing):  # axial weights start inert
+        raise ValueError(f"{name} does not match its own configuration: "
+                         f"missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def prepare_finetune(base: DefiNet, *, hidden: int | None = None,
+                     max_neighbors: int | None = None, axial_global: bool | None = None,
+                     add_stage: bool = False, seed: int = 0,
+                     name: str = "the checkpoint") -> DefiNet:
+    """The model a fine-tuning run of ``base`` starts from (``base`` is left as it is).
+
+    Args:
+        base: the trained checkpoint's model.
+        hidden: feature width F; a multiple of ``base``'s (function-preserving widening,
+            noise drawn from ``seed``). ``None`` keeps it.
+        max_neighbors: neighbour cap of the graph; ``None`` keeps it.
+        axial_global: switch the axial global channel on (it starts inert, so the
+            output is unchanged); ``None`` keeps it.
+        add_stage: append a refinement stage that starts as a copy of the last one
+            (train it with :func:`finetune_train_stage`).
+        name: what ``base`` is called in messages (its weights name or path).
+
+    Returns a new :class:`DefiNet`, on ``base``'s device and in its dtype, that computes
+    ``base``'s output (with ``add_stage``, one more stage on top of it). ``ValueError``
+    for a width that is no multiple, or for weights that do not match ``base``'s own
+    configuration.
+    """
+    base = widen_to(base, base.config.hidden if hidden is None else hidden, seed=seed,
+                    name=name)
+    changes = {k: v for k, v in (("max_neighbors", max_neighbors),
+                                 ("axial_global", axial_global)) if v is not None}
+    config = DefiNetConfig.from_dict({**base.config.to_dict(), **changes,
+                                      "refine": base.config.refine + bool(add_stage)})
+    weight = next(base.parameters())
+    model = DefiNet(config).to(device=weight.device, dtype=weight.dtype)
+    return load_base_weights(model, base, new_stage=bool(add_stage), name=name)
+
+
+def finetune_train_stage(train_stage: int | None, add_stage: bool) -> int | None:
+    """The stage to train: ``train_stage`` if given; else the new stage (``-1``) after
+    ``add_stage``, on the frozen stages' predictions; else ``None`` (every parameter)."""
+    if train_stage is None and add_stage:
+        return -1
+    return train_stage
+
+
+def finetune_metadata(base: DefiNet, model: DefiNet, name: str) -> dict[str, Any]:
+    """The checkpoint metadata of a fine-tuning run of ``base`` (called ``name``) that
+    starts from ``model``: ``finetuned_from`` and, if widened, ``widened``."""
+    meta: dict[str, Any] = {"finetuned_from": str(name)}
+    if model.config.hidden != base.config.hidden:
+        meta["widened"] = {"from_hidden": base.config.hidden, "to_hidden": model.config.hidden}
+    return meta
