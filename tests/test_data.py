@@ -239,6 +239,7 @@ def test_summary_verify_recomputes_teacher_forces(tmp_path, capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two spawned teacher processes: ~12 s of start-up
 def test_generate_with_two_worker_processes(tmp_path):
     cu_host()
     batches = generate.plan_jobs(["CuTest"], n_high_per_conc=1, n_low=0, batch_size=5)

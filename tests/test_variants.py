@@ -113,7 +113,11 @@ def test_generate_strain_and_size_axes_record_their_lattice(tmp_path):
     names = sorted({b[0].file for b in batches})
     assert names == ["CuTest_size_high_000.db", "CuTest_size_high_001.db",
                      "CuTest_strain_low_000.db"]
-    generate.run(tmp_path / "d", tmp_path / "p", batches, teacher="emt", fmax=0.05, steps=300)
+    strain = [b for b in batches if "strain" in b[0].file]
+    size = [b for b in batches if "size" in b[0].file]
+    generate.run(tmp_path / "d", tmp_path / "p", strain, teacher="emt", fmax=0.05, steps=300)
+    # the size axis's cells are large (up to 10x10 repetitions): a few steps suffice here
+    generate.run(tmp_path / "s", tmp_path / "p", size, teacher="emt", fmax=0.05, steps=2)
     with connect(tmp_path / "d" / "CuTest_strain_low_000.db") as db:
         rows = list(db.select())
     assert len(rows) == 3
@@ -124,7 +128,7 @@ def test_generate_strain_and_size_axes_record_their_lattice(tmp_path):
         cell = r.toatoms().cell.lengths()
         assert cell[:2] == pytest.approx([2 * r.lattice_a, 2 * r.lattice_b])
         assert np.allclose(r.data["pristine_positions"].max(axis=0)[:2] < cell[:2], True)
-    with connect(tmp_path / "d" / "CuTest_size_high_000.db") as db:
+    with connect(tmp_path / "s" / "CuTest_size_high_000.db") as db:
         sizes = {r.supercell for r in db.select()}
     assert sizes and all(s != "2x2" for s in sizes)
 
