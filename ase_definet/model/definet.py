@@ -16,7 +16,7 @@ from torch import nn
 from ..graph import GraphBatch
 from .inference import stage_forward
 from .layers import MLP, ConsensusActivation, GaussianRBF, VectorLayerNorm, vector_norm
-from .scatter import scatter_mean, scatter_sum
+from .scatter import edge_slices, scatter_mean, scatter_sum
 
 N_MARKERS = 3  # 0 pristine, 1 substitution, 2 vacancy
 
@@ -173,8 +173,7 @@ class DefiNetLayer(nn.Module):
         # --- defect-aware message passing (1, 2), edges in chunks
         q = x.new_zeros(n, F)
         qv = x.new_zeros(n, 3, F)
-        for s in range(0, src.numel(), chunk):
-            sl = slice(s, s + chunk)
+        for sl in edge_slices(src.numel(), chunk):
             js, is_ = src[sl], dst[sl]
             rows = js * N_MARKERS + recv_marker[sl]
             m = table.index_select(0, rows) * self.msg_rbf(basis[sl])
@@ -197,8 +196,7 @@ class DefiNetLayer(nn.Module):
         ctable = (self.coord_phi(self.norm_coord(x_new))[:, None, :]
                   * cgate.transpose(0, 1)[g.markers]).reshape(-1, F)
         disp = self.W_vec(vec_new).squeeze(-1)  # Vec2Disp (6): (n, 3)
-        for s in range(0, src.numel(), chunk):
-            sl = slice(s, s + chunk)
+        for sl in edge_slices(src.numel(), chunk):
             js, is_ = src[sl], dst[sl]
             rows = js * N_MARKERS + recv_marker[sl]
             w = self.coord_q(ctable.index_select(0, rows) * self.coord_rbf(basis[sl]))  # (e, 1)

@@ -33,7 +33,7 @@ import torch.nn.functional as tf
 
 from ..graph import GraphBatch
 from .layers import ConsensusActivation, VectorLayerNorm
-from .scatter import scatter_sum
+from .scatter import edge_slices, scatter_sum
 
 N_MARKERS = 3
 CHUNK = 512  # edges per chunk on the CPU: ~1.5 MB of edge buffers at F=128, in L2
@@ -92,9 +92,9 @@ class Workspace:
 
     def chunks(self):
         """(slice, buffers of its length) for every chunk of edges."""
-        for s in range(0, self.n_edges, self.chunk):
-            k = min(self.chunk, self.n_edges - s)
-            yield slice(s, s + k), self if k == self.chunk else _Sliced(self, k)
+        for sl in edge_slices(self.n_edges, self.chunk):
+            k = sl.stop - sl.start
+            yield sl, self if k == self.chunk else _Sliced(self, k)
 
 
 class _Sliced:

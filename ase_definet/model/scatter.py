@@ -12,6 +12,7 @@ Both give the same numbers (tested). Choose explicitly with :func:`set_backend`.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 
 import torch
 
@@ -74,3 +75,10 @@ def scatter_mean(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch
     total = scatter_sum(src, index, dim_size)
     count = torch.bincount(index, minlength=dim_size).clamp_(min=1).to(src.dtype)
     return total / count.view(-1, *([1] * (src.dim() - 1)))
+
+
+def edge_slices(n_edges: int, chunk: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``chunk`` edges covering ``range(n_edges)``: the one
+    chunked edge loop of the layers (bounded temporaries on large graphs)."""
+    for s in range(0, n_edges, chunk):
+        yield slice(s, min(s + chunk, n_edges))
