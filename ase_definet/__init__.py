@@ -4,12 +4,12 @@
     DefiNetRelaxer(host, defects={"vacancies": [3], "substitutions": {0: "W"}}).run()
 """
 
-from .checkpoint import available_weights, get_model, load_checkpoint, save_checkpoint
-from .defects import DefectSpec
+from .core.checkpoint import available_weights, get_model, load_checkpoint, save_checkpoint
+from .core.defects import DefectSpec
+from .core.structure import DefectStructure
+from .core.trust import OutOfRangeWarning
 from .model import DefiNet, DefiNetConfig
 from .relaxer import DefiNetRelaxer
-from .structure import DefectStructure
-from .trust import OutOfRangeWarning
 
 __version__ = "0.1.0"
 

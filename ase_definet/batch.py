@@ -12,14 +12,14 @@ import torch
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from .checkpoint import get_model
-from .defects import DefectSpec
-from .inputs import is_pymatgen_structure, like_input, prepare, to_atoms
-from .matching import DEFAULT_TOLERANCE
+from .core.checkpoint import get_model
+from .core.defects import DefectSpec
+from .core.inputs import is_pymatgen_structure, like_input, prepare, to_atoms
+from .core.matching import DEFAULT_TOLERANCE
+from .core.predict import check_stages, predict_sites
+from .core.structure import DefectStructure
+from .core.trust import assess, domain_reasons, warn
 from .model import DefiNet
-from .predict import check_stages, predict_sites
-from .structure import DefectStructure
-from .trust import assess, domain_reasons, warn
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class RelaxResults(list):
             predicted position (as :attr:`DefiNetRelaxer.uncertainty`).
         bound90: per result, (n_atoms,) Å, the bound 90 % of errors stay below.
         out_of_range: per result, the reasons it is out of the weights' range (each
-            also issued as an :class:`~ase_definet.trust.OutOfRangeWarning`).
+            also issued as an :class:`~ase_definet.core.trust.OutOfRangeWarning`).
     """
 
     def __init__(self) -> None:

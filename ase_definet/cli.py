@@ -20,7 +20,7 @@ from dataclasses import MISSING, fields
 
 import numpy as np
 
-from .fileio import atomic_path, format_of, write_structure
+from .core.fileio import atomic_path, format_of, write_structure
 
 logger = logging.getLogger("ase_definet.cli")
 
@@ -66,8 +66,8 @@ def _read_inputs(args: argparse.Namespace):
 
 
 def cmd_relax(args: argparse.Namespace) -> int:
+    from .core.validate import check_output
     from .relaxer import DefiNetRelaxer
-    from .validate import check_output
 
     check_output(args.output, args.format)  # before any work
     if args.trajectory:
@@ -122,7 +122,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .checkpoint import read_metadata, resolve_weights_path
+    from .core.checkpoint import read_metadata, resolve_weights_path
 
     path = resolve_weights_path(args.weights)
     cfg, meta = read_metadata(path)
@@ -141,7 +141,7 @@ def info_summary(path, cfg, meta: dict) -> str:
     """A checkpoint in a few lines: model, graph, elements, hosts, data, test metrics."""
     from ase.data import chemical_symbols
 
-    from .data.hosts import get_host, host_names
+    from .core.hosts import get_host, host_names
 
     symbols = [chemical_symbols[z] for z in cfg.elements]
     hosts = [n for n in host_names()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.hosts import get_host
-from .defects import DefectSpec
+from .core.defects import DefectSpec
+from .core.hosts import get_host
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def displacement_table(relaxer, top: int = 8) -> str:
 
 def run_demo(model: str = "default", device: str | None = None,
              output: str | Path | None = None, plot: str | Path | None = None) -> None:
-    from .fileio import write_structure
-    from .predict import predict_sites
+    from .core.fileio import write_structure
+    from .core.predict import predict_sites
     from .relaxer import DefiNetRelaxer
 
     host, spec = demo_structure()

@@ -30,15 +30,15 @@ from ase.io.trajectory import Trajectory
 from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from ase.parallel import world
 
-from . import trust
-from .checkpoint import get_model
-from .defects import SpecLike
-from .inputs import like_input, prepare, to_atoms
-from .matching import DEFAULT_TOLERANCE, describe
+from .core import trust
+from .core.checkpoint import get_model
+from .core.defects import SpecLike
+from .core.inputs import like_input, prepare, to_atoms
+from .core.matching import DEFAULT_TOLERANCE, describe
+from .core.optimizers import get_optimizer
+from .core.predict import check_stages, model_device, predict_sites
+from .core.trust import assess, domain_reasons
 from .model import DefiNet
-from .optimizers import get_optimizer
-from .predict import check_stages, model_device, predict_sites
-from .trust import assess, domain_reasons
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class DefiNetRelaxer(Optimizer):
         tolerance: site-matching tolerance, Å.
         stages: with weights that chain refinement stages, run only the first ones
             (faster, less accurate); default all.
-        check_range: warn (:class:`~ase_definet.trust.OutOfRangeWarning`) when the
+        check_range: warn (:class:`~ase_definet.core.trust.OutOfRangeWarning`) when the
             structure lies outside the weights' training domain (an element pair or a
             lattice never seen, a defect kind never seen) or the prediction's mean
             uncertainty is above the calibrated threshold; the reasons are kept in

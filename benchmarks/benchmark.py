@@ -37,11 +37,11 @@ import torch
 
 from ase_definet import DefectStructure, DefiNetRelaxer, get_model
 from ase_definet.batch import relax_many
+from ase_definet.core.hosts import get_host
+from ase_definet.core.predict import compiled, predict_sites
 from ase_definet.data.configs import high_density_configs
-from ase_definet.data.hosts import get_host
 from ase_definet.graph import collate
 from ase_definet.model import get_backend, set_backend
-from ase_definet.predict import compiled, predict_sites
 
 logger = logging.getLogger("benchmark")
 

@@ -27,7 +27,7 @@ import statistics
 
 import numpy as np
 
-from ase_definet.data.hosts import get_host, host_names
+from ase_definet.core.hosts import get_host, host_names
 from ase_definet.data.label import relax_fixed_cell
 from ase_definet.data.teacher import get_teacher
 

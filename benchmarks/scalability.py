@@ -19,8 +19,8 @@ from pathlib import Path
 from ase.db import connect
 
 from ase_definet import get_model
+from ase_definet.core.hosts import get_host
 from ase_definet.data.configs import embed, low_density_configs
-from ase_definet.data.hosts import get_host
 from ase_definet.data.label import relax_fixed_cell
 from ase_definet.data.store import Pair, iter_pairs, write_pair
 from ase_definet.train import PairDataset

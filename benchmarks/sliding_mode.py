@@ -167,7 +167,7 @@ def scan(host, calc, amplitudes=SCAN_AMPLITUDES, angles=(0.0, 90.0)) -> list[dic
 
 def main_scan(hosts: list[str], teacher: str) -> dict[str, list[dict]]:
     """Print the sliding scan of each host (see the module docstring)."""
-    from ase_definet.data.hosts import get_host
+    from ase_definet.core.hosts import get_host
     from ase_definet.data.teacher import get_teacher
 
     calc = get_teacher(teacher)

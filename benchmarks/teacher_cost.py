@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
+from ase_definet.core.hosts import get_host, host_names
+from ase_definet.core.optimizers import get_optimizer
 from ase_definet.data.configs import high_density_configs
-from ase_definet.data.hosts import get_host, host_names
 from ase_definet.data.teacher import get_teacher
-from ase_definet.optimizers import get_optimizer
 
 logger = logging.getLogger("teacher_cost")
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ase_definet.checkpoint import load_checkpoint
+from ase_definet.core.checkpoint import load_checkpoint
+from ase_definet.core.uncertainty import calibrations_from_metadata
 from ase_definet.data.store import iter_pairs
 from ase_definet.train.calibrate import collect, format_report, uncertainty_report
 from ase_definet.train.dataset import PairDataset, expand_paths
-from ase_definet.uncertainty import calibrations_from_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 

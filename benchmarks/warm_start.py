@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from ase.geometry import find_mic
 
-from ase_definet.checkpoint import get_model
+from ase_definet.core.checkpoint import get_model
 from ase_definet.data.label import predicted_start, relax_from
 from ase_definet.data.store import iter_pairs
 from ase_definet.data.teacher import get_teacher

@@ -21,9 +21,9 @@ import numpy as np
 
 from ase_definet import DefectStructure, get_model
 from ase_definet.cli import main as cli
+from ase_definet.core.predict import predict_sites
 from ase_definet.data.store import iter_pairs
 from ase_definet.plot import plot_comparison
-from ase_definet.predict import predict_sites
 from ase_definet.train import PairDataset
 from ase_definet.train.dataset import expand_paths
 from ase_definet.train.evaluate import evaluate_model, plot_parity

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 from ase_definet import DefectSpec, DefiNetRelaxer
-from ase_definet.data.hosts import get_host
+from ase_definet.core.hosts import get_host
 
 
 def main(argv: list[str] | None = None) -> np.ndarray:

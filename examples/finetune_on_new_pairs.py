@@ -17,8 +17,8 @@ from ase.build import bulk
 from ase.io import write
 
 from ase_definet.cli import main as definet
+from ase_definet.core.hosts import Host
 from ase_definet.data.configs import high_density_configs
-from ase_definet.data.hosts import Host
 from ase_definet.data.label import relax_fixed_cell
 from ase_definet.data.teacher import get_teacher
 

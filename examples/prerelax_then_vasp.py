@@ -18,7 +18,7 @@ from ase.io import write
 from ase.optimize import FIRE
 
 from ase_definet import DefectSpec, DefiNetRelaxer
-from ase_definet.data.hosts import get_host
+from ase_definet.core.hosts import get_host
 
 INCAR = dict(xc="PBE", encut=500, ibrion=2, isif=2, nsw=100, ediff=1e-6, ediffg=-0.01,
              ispin=2, lreal="Auto")

@@ -15,8 +15,8 @@ from dataclasses import replace
 import numpy as np
 
 from ase_definet.batch import relax_many
+from ase_definet.core.hosts import get_host
 from ase_definet.data.configs import high_density_configs
-from ase_definet.data.hosts import get_host
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float]]:

@@ -79,8 +79,8 @@ def test_model_size_table(tmp_path, ckpt, capsys):
 def test_symmetry_floor_keeps_symmetric_labels_and_projects_the_rest(host):
     from ase.geometry import find_mic
 
+    from ase_definet.core.defects import DefectSpec
     from ase_definet.data.store import Pair
-    from ase_definet.defects import DefectSpec
     from ase_definet.train.dataset import PairDataset
 
     mod = load(ROOT / "benchmarks" / "symmetry_floor.py")
@@ -104,8 +104,8 @@ def test_symmetry_floor_keeps_symmetric_labels_and_projects_the_rest(host):
 
 
 def test_sliding_mode_measures_a_known_shear(host, tmp_path):
+    from ase_definet.core.defects import DefectSpec
     from ase_definet.data.store import Pair
-    from ase_definet.defects import DefectSpec
     from ase_definet.train.dataset import PairDataset
 
     mod = load(ROOT / "benchmarks" / "sliding_mode.py")
@@ -136,7 +136,7 @@ def test_sliding_mode_measures_a_known_shear(host, tmp_path):
 def test_sliding_scan_of_a_stable_crystal_costs_energy():
     from ase.build import bulk
 
-    from ase_definet.data.hosts import get_host
+    from ase_definet.core.hosts import get_host
     from ase_definet.data.teacher import get_teacher
 
     mod = load(ROOT / "benchmarks" / "sliding_mode.py")
@@ -156,10 +156,10 @@ def test_label_noise_relabels_stored_pairs(tmp_path, capsys):
     from ase.build import bulk
     from ase.db import connect
 
+    from ase_definet.core.defects import DefectSpec
     from ase_definet.data.label import relax_fixed_cell
     from ase_definet.data.store import Pair, write_pair
     from ase_definet.data.teacher import get_teacher
-    from ase_definet.defects import DefectSpec
 
     host = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
     spec = DefectSpec(vacancies=(0,), substitutions={5: "Ag"})

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ase_definet import DefectStructure, get_model, load_checkpoint, save_checkpoint
-from ase_definet.checkpoint import read_metadata
-from ase_definet.predict import predict_sites
+from ase_definet.core.checkpoint import read_metadata
+from ase_definet.core.predict import predict_sites
 
 from .conftest import tiny_model
 
@@ -53,7 +53,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ase_definet.checkpoint.save_file", boom)
+    monkeypatch.setattr("ase_definet.core.checkpoint.save_file", boom)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tiny_model(seed=1), path)
     assert path.read_bytes() == before

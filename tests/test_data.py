@@ -11,6 +11,7 @@ from ase.build import bulk
 from ase.db import connect
 from ase.geometry import find_mic
 
+from ase_definet.core.hosts import Host, get_host, host_names, register_host
 from ase_definet.data import generate
 from ase_definet.data.configs import (
     HIGH_CONCENTRATIONS,
@@ -18,7 +19,6 @@ from ase_definet.data.configs import (
     high_density_configs,
     low_density_configs,
 )
-from ase_definet.data.hosts import Host, get_host, host_names, register_host
 from ase_definet.data.splits import assign_split
 from ase_definet.data.store import iter_pairs, row_to_pair
 from ase_definet.data.symmetry import site_permutations, symmetrize_vectors, symmetry_operations
@@ -293,8 +293,8 @@ def test_chgnet_teacher_forces_match_the_stock_calculator():
 
 
 def test_unconverged_pairs_are_skipped_and_counted(tmp_path, caplog):
+    from ase_definet.core.defects import DefectSpec
     from ase_definet.data.store import Pair, write_pair
-    from ase_definet.defects import DefectSpec
 
     host = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
     spec = DefectSpec(vacancies=(0,))

@@ -9,9 +9,9 @@ from ase import Atoms
 from scipy.spatial.transform import Rotation
 
 from ase_definet import DefectStructure
+from ase_definet.core.predict import predict_sites
 from ase_definet.graph import collate
 from ase_definet.model import scatter
-from ase_definet.predict import predict_sites
 
 from .conftest import tiny_model
 

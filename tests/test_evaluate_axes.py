@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ase_definet.core.defects import DefectSpec
 from ase_definet.data.store import Pair
-from ase_definet.defects import DefectSpec
 from ase_definet.train.dataset import PairDataset
 from ase_definet.train.evaluate import evaluate_model, format_table, write_csv
 from ase_definet.train.metrics import ErrorAccumulator, sample_groups

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ase_definet import DefectStructure, get_model
-from ase_definet.data.hosts import get_host
+from ase_definet.core.hosts import get_host
 from ase_definet.graph import collate
 
 from .conftest import tiny_model

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from ase_definet.fileio import atomic_path, atomic_write
+from ase_definet.core.fileio import atomic_path, atomic_write
 
 
 def test_atomic_write_gives_the_usual_mode_and_replaces_only_on_success(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ase_definet import DefectStructure
-from ase_definet.predict import predict_sites
+from ase_definet.core.predict import predict_sites
 from ase_definet.train.finetune import (
     FINETUNE_CHANGES,
     check_finetune_changes,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from ase_definet.core.predict import iter_layer_outputs, predict_sites
 from ase_definet.graph import collate
-from ase_definet.predict import iter_layer_outputs, predict_sites
 from ase_definet.train.calibrate import collect
 from ase_definet.train.dataset import PairDataset, iter_batches
 from ase_definet.train.evaluate import evaluate_model

@@ -7,7 +7,7 @@ import pytest
 from ase import Atoms
 
 from ase_definet import DefectSpec, DefectStructure
-from ase_definet.matching import match_to_host
+from ase_definet.core.matching import match_to_host
 
 from .conftest import small_host
 

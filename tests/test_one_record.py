@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ase_definet import matching
-from ase_definet.checkpoint import get_model
-from ase_definet.data.hosts import get_host
+from ase_definet.core import matching
+from ase_definet.core.checkpoint import get_model
+from ase_definet.core.defects import DefectSpec
+from ase_definet.core.hosts import get_host
+from ase_definet.core.inputs import prepare
+from ase_definet.core.predict import predict_sites
+from ase_definet.core.structure import DefectStructure
 from ase_definet.data.store import Pair
-from ase_definet.defects import DefectSpec
-from ase_definet.inputs import prepare
-from ase_definet.predict import predict_sites
-from ase_definet.structure import DefectStructure
 from ase_definet.train.dataset import pair_to_sample
 
 
@@ -46,8 +46,8 @@ def test_detected_host_is_matched_once(monkeypatch):
             return real(*args, **kwargs)
         return match
 
-    import ase_definet.hostmatch as hostmatch
-    import ase_definet.structure as structure
+    import ase_definet.core.hostmatch as hostmatch
+    import ase_definet.core.structure as structure
 
     monkeypatch.setattr(hostmatch, "match_to_host", counting("detection"))
     monkeypatch.setattr(structure, "match_to_host", counting("structure"))

@@ -8,9 +8,9 @@ import pytest
 from ase.build import graphene, make_supercell, mx2
 
 from ase_definet import DefectSpec, DefectStructure, DefiNetRelaxer
-from ase_definet.data.hosts import get_host
-from ase_definet.hostmatch import find_host
-from ase_definet.matching import match_to_host
+from ase_definet.core.hostmatch import find_host
+from ase_definet.core.hosts import get_host
+from ase_definet.core.matching import match_to_host
 
 from .conftest import tiny_model
 

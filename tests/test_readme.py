@@ -18,8 +18,8 @@ from ase.geometry import find_mic
 from ase.io import read, write
 
 from ase_definet import save_checkpoint
-from ase_definet.checkpoint import read_metadata
 from ase_definet.cli import main as cli
+from ase_definet.core.checkpoint import read_metadata
 
 from .conftest import tiny_model
 from .vasp_files import cu_host, defect_runs, defective, write_vasprun

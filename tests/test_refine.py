@@ -13,10 +13,10 @@ from scipy.spatial.transform import Rotation
 from ase_definet import DefectStructure, DefiNetRelaxer, load_checkpoint, save_checkpoint
 from ase_definet.batch import relax_many
 from ase_definet.cli import main as cli
+from ase_definet.core.predict import predict_sites
 from ase_definet.graph import collate
 from ase_definet.model import DefiNet
 from ase_definet.model.widen import widen_model
-from ase_definet.predict import predict_sites
 from ase_definet.train import Trainer
 from ase_definet.train.evaluate import evaluate_model
 

@@ -16,8 +16,8 @@ from ase.optimize.optimize import Optimizer
 
 from ase_definet import DefectSpec, DefiNetRelaxer
 from ase_definet.batch import relax_many
-from ase_definet.data.hosts import get_host
-from ase_definet.device import resolve_device
+from ase_definet.core.device import resolve_device
+from ase_definet.core.hosts import get_host
 
 from .conftest import tiny_model
 

@@ -22,11 +22,11 @@ from ase_definet import (
     save_checkpoint,
 )
 from ase_definet.batch import relax_many
-from ase_definet.checkpoint import FORMAT, read_metadata
 from ase_definet.cli import main as cli
+from ase_definet.core.checkpoint import FORMAT, read_metadata
+from ase_definet.core.validate import MIN_DISTANCE
 from ase_definet.graph.neighbors import neighbor_graph
 from ase_definet.train import Trainer
-from ase_definet.validate import MIN_DISTANCE
 
 from .conftest import tiny_model
 from .test_train import cfg, datasets, synthetic_pairs
@@ -260,7 +260,7 @@ def test_insane_metadata_is_refused_before_building(tmp_path, monkeypatch, chang
     def no_build(*a, **k):
         raise AssertionError("the model was built before the metadata was checked")
 
-    monkeypatch.setattr("ase_definet.checkpoint.DefiNet", no_build)
+    monkeypatch.setattr("ase_definet.core.checkpoint.DefiNet", no_build)
     with pytest.raises(ValueError, match=msg):
         load_checkpoint(path)
     with pytest.raises(ValueError, match=msg):

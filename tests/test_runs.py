@@ -12,8 +12,8 @@ from ase.db import connect
 from ase.geometry import find_mic
 from ase.io import read, write
 
-from ase_definet.checkpoint import read_metadata
 from ase_definet.cli import main as cli
+from ase_definet.core.checkpoint import read_metadata
 from ase_definet.data.runs import read_run, read_runs
 from ase_definet.data.store import iter_pairs
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from ase_definet.checkpoint import read_metadata
+from ase_definet.core.checkpoint import read_metadata
 from ase_definet.train import PairDataset, Trainer
 from ase_definet.train import trainer as trainer_module
 from ase_definet.train.evaluate import evaluate_model

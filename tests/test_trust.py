@@ -12,8 +12,8 @@ from ase.constraints import FixAtoms
 
 from ase_definet import DefiNetRelaxer, OutOfRangeWarning
 from ase_definet.batch import relax_many
-from ase_definet.domain import Domain, defect_kinds, host_distances
-from ase_definet.uncertainty import Calibration, fit_calibration, stage_spread
+from ase_definet.core.domain import Domain, defect_kinds, host_distances
+from ase_definet.core.uncertainty import Calibration, fit_calibration, stage_spread
 
 from .conftest import small_host, tiny_model
 
@@ -192,9 +192,9 @@ def test_cli_writes_the_uncertainty_into_extxyz_and_plots_it(tmp_path, host):
 
 
 def test_shipped_weights_carry_a_calibration_and_a_domain(host):
-    from ase_definet.checkpoint import read_metadata
-    from ase_definet.domain import Domain
-    from ase_definet.uncertainty import calibrations_from_metadata
+    from ase_definet.core.checkpoint import read_metadata
+    from ase_definet.core.domain import Domain
+    from ase_definet.core.uncertainty import calibrations_from_metadata
 
     _, meta = read_metadata("default")
     cals = calibrations_from_metadata(meta)
@@ -204,7 +204,7 @@ def test_shipped_weights_carry_a_calibration_and_a_domain(host):
     assert {"V_S", "Mo>W", "P>N"} <= dom.defect_kinds and "S>Mo" not in dom.defect_kinds
     with warnings.catch_warnings():
         warnings.simplefilter("error", OutOfRangeWarning)
-        from ase_definet.data.hosts import get_host
+        from ase_definet.core.hosts import get_host
 
         for name in ("MoS2", "WSe2", "hBN", "GaSe", "InSe", "BP"):  # the usual lattices
             DefiNetRelaxer(get_host(name).pristine(), defects={"vacancies": [0]},

@@ -11,11 +11,11 @@ from ase import Atoms
 from ase.build import graphene, mx2
 from ase.io import read, write
 
+from ase_definet.core.defects import DefectSpec
+from ase_definet.core.hosts import get_host, guess_unit_cell
 from ase_definet.data import read_2dmd, write_2dmd
-from ase_definet.data.hosts import get_host, guess_unit_cell
 from ase_definet.data.store import Pair
 from ase_definet.data.twodmd import canonical_material, find_material_folders, iter_2dmd
-from ase_definet.defects import DefectSpec
 
 POS_ATOL = 1e-6  # Å: ASE's CIF writer keeps full float precision (repr of the fractions)
 

@@ -11,10 +11,10 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.db import connect
 
+from ase_definet.core.hosts import Host, get_host, host_names, register_host
 from ase_definet.data import generate
 from ase_definet.data.batchfiles import PlanConflict
 from ase_definet.data.configs import high_density_configs, low_density_configs
-from ase_definet.data.hosts import Host, get_host, host_names, register_host
 from ase_definet.data.variants import (
     PBE_LATTICE,
     SIZE_RANGE,
@@ -213,7 +213,7 @@ def test_complete_is_read_from_the_file_and_larger_plans_extend(tmp_path):
 
 
 def test_warm_started_labels_record_how_they_were_made(tmp_path):
-    from ase_definet.checkpoint import save_checkpoint
+    from ase_definet.core.checkpoint import save_checkpoint
 
     from .conftest import tiny_model
 

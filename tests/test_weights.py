@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ase_definet import DefiNetRelaxer, available_weights, get_model, load_checkpoint
-from ase_definet.checkpoint import weights_dir
 from ase_definet.cli import main as cli
-from ase_definet.data.hosts import get_host
+from ase_definet.core.checkpoint import weights_dir
+from ase_definet.core.hosts import get_host
 
 
 def test_default_weights_load_by_name_with_card():
@@ -38,7 +38,7 @@ def test_default_weights_carry_a_verified_checksum():
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from ase_definet.checkpoint import tensors_sha256
+    from ase_definet.core.checkpoint import tensors_sha256
 
     path = str(weights_dir().joinpath("default.safetensors"))
     with safe_open(path, framework="pt") as f:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ase_definet import DefectStructure
+from ase_definet.core.predict import predict_sites
 from ase_definet.model.widen import widen_model
-from ase_definet.predict import predict_sites
 
 from .test_equivariance import axial_model, rattled
 

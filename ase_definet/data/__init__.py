@@ -1,6 +1,6 @@
 """Data generation: host registry, defect configurations, teacher labels, pair databases,
 the 2DMD folder layout. ``read_2dmd``, ``iter_2dmd`` and ``write_2dmd`` are loaded on
-first use, so importing the host registry (``ase_definet.data.hosts``) from the
+first use, so importing the host registry (``ase_definet.core.hosts``) from the
 inference core does not import data generation."""
 
 from __future__ import annotations

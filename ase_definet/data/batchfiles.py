@@ -22,7 +22,7 @@ from typing import Any
 
 from ase.db import connect
 
-from ..fileio import atomic_write
+from ..core.fileio import atomic_write
 from .store import row_to_pair
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase.data import atomic_numbers
 
-from ..defects import DefectSpec
-from .hosts import Host
+from ..core.defects import DefectSpec
+from ..core.hosts import Host
 from .symmetry import site_permutations
 from .variants import AXES, Lattice, draw_strain, pbe_strain, supercell_sizes
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .batchfiles import BatchLock, check_batch, check_identity, finish
 from .configs import DefectConfig, high_density_configs, low_density_configs
-from .hosts import get_host, host_names
+from ..core.hosts import get_host, host_names
 from .label import predicted_start, relax_fixed_cell, relax_from
 from .splits import assign_split
 from .store import Pair, done_ids, write_pair
@@ -142,7 +142,7 @@ def _init_worker(teacher: str, threads: int, device: str = "cpu",
 
     _CALC = get_teacher(teacher, device=device)
     if warm:
-        from ..checkpoint import get_model, stored_checksum
+        from ..core.checkpoint import get_model, stored_checksum
 
         name, densities = warm
         model = get_model(name, "cpu")  # validated and checksummed on load

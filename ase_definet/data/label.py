@@ -8,7 +8,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from ..optimizers import OPTIMIZERS, get_optimizer
+from ..core.optimizers import OPTIMIZERS, get_optimizer
 
 __all__ = ["OPTIMIZERS", "Relaxation", "get_optimizer", "relax_fixed_cell"]
 
@@ -64,8 +64,8 @@ def relax_from(atoms: Atoms, start: np.ndarray, calc: Calculator, fmax: float = 
 def predicted_start(model, pristine: Atoms, spec) -> np.ndarray:
     """A model's prediction for ``spec.apply(pristine)``: (n_atoms, 3) Å in the same
     (host) order, the warm start of :func:`relax_from`."""
-    from ..predict import predict_sites
-    from ..structure import DefectStructure
+    from ..core.predict import predict_sites
+    from ..core.structure import DefectStructure
 
     structure = DefectStructure.from_host(pristine, spec)
     sites = predict_sites(model, [structure])[0]

@@ -16,7 +16,7 @@ from ase.filters import FrechetCellFilter
 from ase.io import write
 from ase.optimize import FIRE
 
-from .hosts import BUILTIN_DEFECTS, guess_unit_cell
+from ..core.hosts import BUILTIN_DEFECTS, guess_unit_cell
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     from .teacher import chgnet_calculator
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "hosts")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "core" / "hosts")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     calc = chgnet_calculator(stress=True)

@@ -10,7 +10,7 @@ unrelaxed structure and its last the relaxed one. Sources:
   from it, else from its ``OUTCAR``, else from POSCAR/CONTCAR).
 
 The defects of every run are derived by matching its first frame to a pristine host
-(:func:`~ase_definet.matching.match_to_host`; one host, or one per material: the first
+(:func:`~ase_definet.core.matching.match_to_host`; one host, or one per material: the first
 whose cell matches and whose sites take the atoms). Runs are *skipped, with a reason*,
 when they did not converge (where the file says so: forces above ``EDIFFG`` in a
 vasprun.xml, no "reached required accuracy" in an OUTCAR, an unfinished file, a
@@ -40,7 +40,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
-from ..matching import DEFAULT_TOLERANCE, Match, check_same_cell, match_to_host
+from ..core.matching import DEFAULT_TOLERANCE, Match, check_same_cell, match_to_host
 from .store import Pair, pair_from_match
 
 logger = logging.getLogger(__name__)

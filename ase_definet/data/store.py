@@ -29,9 +29,9 @@ from ase import Atoms
 from ase.db import connect
 from ase.geometry import find_mic
 
-from ..defects import DefectSpec
-from ..matching import Match
-from ..structure import DefectStructure
+from ..core.defects import DefectSpec
+from ..core.matching import Match
+from ..core.structure import DefectStructure
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Pair:
 def pair_from_match(unrelaxed: Atoms, relaxed_positions: np.ndarray, pristine: Atoms,
                     match: Match, info: dict[str, Any] | None = None) -> Pair:
     """A :class:`Pair` in our convention from a defective structure in any atom order and
-    periodic image, matched to its host (:func:`~ase_definet.matching.match_to_host`).
+    periodic image, matched to its host (:func:`~ase_definet.core.matching.match_to_host`).
 
     Args:
         relaxed_positions: (n, 3) Å, in the order of ``unrelaxed``, any periodic image.

@@ -2,8 +2,8 @@
 
     definet calibrate default --data 'data/*_00[0-5].db' -o calibrated.safetensors
 
-fits, on the ``val`` split, one :class:`~ase_definet.uncertainty.Calibration` per number
-of stages run, records the :class:`~ase_definet.domain.Domain` of the ``train`` split
+fits, on the ``val`` split, one :class:`~ase_definet.core.uncertainty.Calibration` per number
+of stages run, records the :class:`~ase_definet.core.domain.Domain` of the ``train`` split
 (element-pair distances, defect kinds), and writes both into the checkpoint's metadata
 (tensors unchanged). :func:`uncertainty_report` measures a calibration on other pairs.
 """
@@ -21,11 +21,11 @@ import torch
 from ase import Atoms
 from tqdm import tqdm
 
+from ..core.domain import Domain, defect_kinds
+from ..core.predict import iter_layer_outputs
+from ..core.uncertainty import Calibration, fit_calibration, stage_spread
 from ..data.store import Pair
-from ..domain import Domain, defect_kinds
 from ..model import DefiNet
-from ..predict import iter_layer_outputs
-from ..uncertainty import Calibration, fit_calibration, stage_spread
 from .dataset import PairDataset, iter_batches
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def calibrate_checkpoint(weights: str, data: list[str], out: str, split: str = "
     """Fit the calibrations on ``split`` and the domain on ``train_split`` of ``data``,
     and write the checkpoint ``weights`` with both in its metadata to ``out`` (atomically;
     ``out`` may be the input file; the tensors are unchanged)."""
-    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..core.checkpoint import load_checkpoint, save_checkpoint
     from ..data.store import iter_pairs
     from .dataset import expand_paths
 

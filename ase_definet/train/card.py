@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from ase.data import chemical_symbols
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..core.checkpoint import load_checkpoint, save_checkpoint
 from .dataset import PairDataset
 
 logger = logging.getLogger(__name__)

@@ -187,7 +187,7 @@ def parse_weights(items: list[str]) -> dict[str, float]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..checkpoint import get_model
+    from ..core.checkpoint import get_model
     from ..model import DefiNetConfig
     from .card import write_model_card
     from .finetune import (
@@ -263,7 +263,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_metadata
+    from ..core.checkpoint import read_metadata
     from .card import write_model_card
 
     cfg, _ = read_metadata(args.checkpoint)
@@ -282,7 +282,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..checkpoint import get_model
+    from ..core.checkpoint import get_model
     from .evaluate import evaluate_model, format_table, plot_parity, write_csv
 
     model = get_model(args.model, args.device)

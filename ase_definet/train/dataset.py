@@ -23,10 +23,10 @@ from ase import Atoms
 from ase.io import read
 from tqdm.auto import tqdm
 
+from ..core.fileio import atomic_write
+from ..core.matching import DEFAULT_TOLERANCE, match_to_host
 from ..data.store import Pair, expand_paths, iter_pairs, pair_from_match
-from ..fileio import atomic_write
 from ..graph import Graph, GraphBatch, collate
-from ..matching import DEFAULT_TOLERANCE, match_to_host
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Sample:
 
 def pair_to_sample(pair: Pair, cutoff: float, max_neighbors: int | None) -> Sample:
     """The graph of a pair's unrelaxed structure (built by
-    :meth:`~ase_definet.structure.DefectStructure.graph`, as at inference) and its
+    :meth:`~ase_definet.core.structure.DefectStructure.graph`, as at inference) and its
     per-site targets."""
     s = pair.structure
     target = s.site_positions.copy()

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.predict import iter_layer_outputs
 from ..model import DefiNet
-from ..predict import iter_layer_outputs
 from .dataset import PairDataset, iter_batches
 from .metrics import RADII, ErrorAccumulator, sample_groups
 
@@ -32,7 +32,7 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
     With ``collect``, also returns the arrays needed for plots: true and predicted
     displacements (n, 3) Å and the distance of each atom to the nearest defect.
     ``device`` defaults to the model's own (``get_model`` puts it on the GPU when present).
-    The forward passes run through :func:`~ase_definet.predict.iter_layer_outputs`.
+    The forward passes run through :func:`~ase_definet.core.predict.iter_layer_outputs`.
     """
     acc = ErrorAccumulator()
     keep: dict[str, list] = {"true": [], "pred": [], "near": []}
@@ -126,7 +126,7 @@ def evaluate_split_from_cli(description: str, argv: list[str] | None, split: str
     --data --split --threads`` from ``argv``, load the model and the graphs of the chosen
     split, and evaluate. Returns the parsed arguments, the model, the dataset and the
     arrays of :func:`evaluate_model` (``collect=True``)."""
-    from ..checkpoint import get_model
+    from ..core.checkpoint import get_model
     from .dataset import load_pairs
 
     p = argparse.ArgumentParser(description=description,

@@ -15,8 +15,8 @@ from contextlib import closing
 import torch
 from tqdm.auto import tqdm
 
+from ..core.predict import iter_layer_outputs
 from ..model import DefiNet
-from ..predict import iter_layer_outputs
 from .dataset import PairDataset, iter_batches
 
 

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import save_checkpoint
-from ..device import resolve_device
-from ..fileio import atomic_path, atomic_write
+from ..core.checkpoint import save_checkpoint
+from ..core.device import resolve_device
+from ..core.fileio import atomic_path, atomic_write
 from ..model import DefiNet, DefiNetConfig
 from .dataset import Batch, PairDataset, iter_batches
 from .evaluate import evaluate_model

@@ -34,9 +34,9 @@ What is accepted, exactly:
 
 Labelling: the ideal supercell is the unit cell repeated by the integer matrix that maps
 its cell onto the structure's cell (diagonal -> :meth:`ase.Atoms.repeat`, so 8x8x1 MoS2
-has the site order of :meth:`ase_definet.data.hosts.Host.pristine`; site labels follow the
+has the site order of :meth:`ase_definet.core.hosts.Host.pristine`; site labels follow the
 atom order and positions of the unit-cell file), scaled onto the structure's cell. The
-unrelaxed structure is matched to it with :func:`ase_definet.matching.match_to_host`.
+unrelaxed structure is matched to it with :func:`ase_definet.core.matching.match_to_host`.
 For unit cells whose origin differs from the supercells': if that fails, rigid
 translations that bring the first atom onto a site of the unit cell are tried; and if
 every atom sits off its site by one common vector (more than 1e-3 Å), the pristine is

@@ -20,7 +20,7 @@ from ase.cell import Cell
 from ase.geometry import cellpar_to_cell
 from ase.io import read
 
-from ..hosts import BUILTIN_DEFECTS
+from ...core.hosts import BUILTIN_DEFECTS
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from ase.geometry import find_mic, get_distances
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
-from ...matching import check_same_cell
+from ...core.matching import check_same_cell
 from ..store import Pair, pair_from_match
 from .layout import (
     SOURCE,

@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.build import make_supercell
 from ase.geometry import find_mic
 
-from ...matching import Match, match_to_host
+from ...core.matching import Match, match_to_host
 
 _RIGID_ATOL = 1e-3  # Å: offsets this equal (and larger) are a rigid translation of the sites
 _REPEAT_ATOL = 1e-2  # allowed deviation of the cell repetition matrix from integers

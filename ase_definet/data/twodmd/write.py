@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.io import write
 from tqdm import tqdm
 
-from ..hosts import get_host, host_names
+from ...core.hosts import get_host, host_names
 from ..store import Pair
 from .layout import (
     ID_RE,
@@ -130,7 +130,7 @@ def write_2dmd(pairs: Iterable[Pair], root: str | Path,
             cell (up to a rigid translation) in :meth:`ase.Atoms.repeat` site order.
         root: output folder (created).
         unit_cells: unit cell by material name; default
-            ``ase_definet.data.hosts.get_host(name).unit_cell`` for registered hosts.
+            ``ase_definet.core.hosts.get_host(name).unit_cell`` for registered hosts.
         overwrite: replace existing files; otherwise an existing target file is a
             ``ValueError`` (an existing identical unit-cell file is left as it is).
         low_density_subdir: sub-folder of ``root`` for low-density materials.

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms
 
+from ..graph import Graph, build_graph
+from ..graph.neighbors import check_cell
 from .defects import DefectSpec, SpecLike
-from .graph import Graph, build_graph
-from .graph.neighbors import check_cell
 from .matching import DEFAULT_TOLERANCE, Match, check_same_cell, match_to_host
 from .validate import check_atoms, check_min_distance
 
@@ -70,7 +70,7 @@ class DefectStructure:
     @classmethod
     def from_match(cls, defective: Atoms, pristine: Atoms, match: Match,
                    elements: list[int] | None = None) -> DefectStructure:
-        """Defective structure plus its host, from their :class:`~ase_definet.matching.Match`
+        """Defective structure plus its host, from their :class:`~ase_definet.core.matching.Match`
         (made once, e.g. by the host detection)."""
         match.spec.validate(pristine, elements)
         for at, what in ((pristine, "pristine host"), (defective, "defective structure")):

@@ -1,7 +1,7 @@
 """Host materials: unit cells, supercells and the defects allowed on them.
 
 The six 2DMD materials are built in (paper, Table 1). Their unit cells ship as CIF files
-in ``ase_definet/data/hosts/`` (2DMD names: ``MoS2.cif``, ``WSe2.cif``, ``BN.cif``,
+in ``ase_definet/core/hosts/`` (2DMD names: ``MoS2.cif``, ``WSe2.cif``, ``BN.cif``,
 ``GaSe.cif``, ``InSe.cif``, ``P.cif``) whose in-plane lattice and positions were relaxed
 by the teacher (``python -m ase_definet.data.relax_hosts`` regenerates them); c = 20 Å.
 Users register their own hosts with :func:`register_host`.
@@ -136,7 +136,7 @@ def builtin_unit_cell(name: str) -> Atoms:
     """The shipped, teacher-relaxed unit cell of a built-in material (falls back to the
     literature guess when the CIF has not been generated yet)."""
     cif = BUILTIN_DEFECTS[name]["cif"]
-    ref = resources.files("ase_definet.data").joinpath("hosts", cif)
+    ref = resources.files("ase_definet.core").joinpath("hosts", cif)
     if ref.is_file():
         with resources.as_file(ref) as path:
             at = read(path)

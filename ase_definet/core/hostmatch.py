@@ -21,7 +21,7 @@ from ase import Atoms
 from .matching import DEFAULT_TOLERANCE, Match, match_to_host
 
 if TYPE_CHECKING:
-    from .data.hosts import Host
+    from .hosts import Host
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def find_host_match(atoms: Atoms, tolerance: float = DEFAULT_TOLERANCE,
     displacements, wins. ``atoms`` is not modified.
     """
     if hosts is None:
-        from .data.hosts import get_host, host_names
+        from .hosts import get_host, host_names
 
         hosts = [get_host(name) for name in host_names()]
     best: tuple[tuple[int, float], Host, Atoms, Match] | None = None

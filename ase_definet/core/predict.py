@@ -15,8 +15,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .graph import GraphBatch, collate
-from .model import DefiNet
+from ..graph import GraphBatch, collate
+from ..model import DefiNet
 from .structure import DefectStructure
 from .validate import check_prediction
 

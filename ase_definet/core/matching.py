@@ -19,8 +19,8 @@ from ase.data import chemical_symbols
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from ..graph.neighbors import check_cell, complete_cell
 from .defects import DefectSpec
-from .graph.neighbors import check_cell, complete_cell
 
 DEFAULT_TOLERANCE = 1.0  # Å: largest displacement of an atom from its pristine site
 

@@ -85,7 +85,7 @@ def auto_structure(atoms: Atoms, elements: list[int] | None,
     check_atoms(atoms)
     found = find_host_match(atoms, tolerance)
     if found is None:
-        from .data.hosts import host_names
+        from .hosts import host_names
 
         raise ValueError(
             f"atoms ({atoms.get_chemical_formula()}) matches no built-in host "

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph.neighbors import neighbor_graph
+from ..graph.neighbors import neighbor_graph
 
 MIN_DISTANCE = 0.5  # Å: atoms closer than this are an input error (H2 bonds: 0.74 Å)
 

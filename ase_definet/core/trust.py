@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from ..model import DefiNet
 from .domain import METADATA_KEY as DOMAIN_KEY
 from .domain import Domain, defect_kinds
-from .model import DefiNet
 from .structure import DefectStructure
 from .uncertainty import calibrations_from_metadata, stage_spread
 

@@ -25,13 +25,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..model import DefiNet, DefiNetConfig
 from .fileio import atomic_write
-from .model import DefiNet, DefiNetConfig
 from .validate import check_config
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "ase_definet.checkpoint/1"
+FORMAT = "ase_definet.checkpoint/1"  # the file format name, not a module path
 SUFFIX = ".safetensors"
 CHECKSUM_KEY = "sha256"  # metadata key: SHA-256 of the tensors (see tensors_sha256)
 
@@ -98,7 +98,7 @@ def _parse_metadata(path: Path, meta: dict[str, str]) -> tuple[DefiNetConfig, di
 
 def read_metadata(path: str | Path) -> tuple[DefiNetConfig, dict[str, Any]]:
     """Config and metadata of a checkpoint file, without loading the tensors. The
-    config is checked against sane bounds (:data:`ase_definet.validate.CONFIG_BOUNDS`)."""
+    config is checked against sane bounds (:data:`ase_definet.core.validate.CONFIG_BOUNDS`)."""
     path = _resolve_path(path)
     meta, _ = _read_header(path)
     return _parse_metadata(path, meta)

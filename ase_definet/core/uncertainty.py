@@ -31,7 +31,7 @@ def stage_spread(layers: np.ndarray, layers_per_stage: int) -> np.ndarray:
 
     Args:
         layers: (S*T+1, n_sites, 3) Å, layer 0 the input, as returned by
-            :func:`ase_definet.predict.predict_sites` with ``all_layers``.
+            :func:`ase_definet.core.predict.predict_sites` with ``all_layers``.
         layers_per_stage: T.
     """
     layers = np.asarray(layers, dtype=float)
