@@ -66,14 +66,14 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
 
 def format_table(acc: ErrorAccumulator) -> str:
     """Text table: per group, model MAE and Dummy MAE (Å) for all atoms and A3-A6."""
-    head = (f"{'group':<16}{'n_atoms':>8}" + "".join(f"{r:>9}{'dummy':>8}" for r in REGIONS)
+    head = (f"{'group':<20}{'n_atoms':>8}" + "".join(f"{r:>9}{'dummy':>8}" for r in REGIONS)
             + f"{'ratio':>7}{'A3 rat':>7}{'structs':>8}{'worse':>6}")
     lines = [head, "-" * len(head)]
     for g in acc.groups():
         cells = "".join(f"{acc.mae(g, r):9.4f}{acc.mae(g, 'dummy_' + r):8.4f}" for r in REGIONS)
         ratio = acc.mae(g, "all") / acc.mae(g, "dummy_all")
         ratio3 = acc.mae(g, "A3") / acc.mae(g, "dummy_A3")
-        lines.append(f"{g:<16}{acc.counts[(g, 'all')]:>8}{cells}{ratio:7.3f}{ratio3:7.3f}"
+        lines.append(f"{g:<20}{acc.counts[(g, 'all')]:>8}{cells}{ratio:7.3f}{ratio3:7.3f}"
                      f"{acc.structures[g]:8d}{acc.worse[g]:6d}")
     lines.append("ratio: MAE / Dummy MAE (all atoms, A3); worse: structures predicted further "
                  "from the relaxed one than their unrelaxed input")
