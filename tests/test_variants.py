@@ -220,16 +220,20 @@ def test_warm_started_labels_record_how_they_were_made(tmp_path):
     cu_host()
     weights = tmp_path / "tiny.safetensors"
     save_checkpoint(tiny_model(displacement_init=0.01), weights)
-    batches = generate.plan_jobs(["CuTest"], 1, 0, batch_size=5,
-                                 counts={("strain", "low"): 2})
+    batches = generate.plan_jobs(["CuTest"], 1, 0, batch_size=10,
+                                 counts={("strain", "low"): 10})
     generate.run(tmp_path / "d", tmp_path / "p", batches, teacher="emt", fmax=0.05,
                  steps=300, warm_start=str(weights), warm_densities=("low",))
     with connect(tmp_path / "d" / "CuTest_strain_low_000.db") as db:
         warm = list(db.select())
+    assert "train" in {r.split for r in warm} and {r.split for r in warm} - {"train"}
     with connect(tmp_path / "d" / "CuTest_high_000.db") as db:
         cold = list(db.select())
-    assert {r.label_start for r in warm} == {"prediction"}
-    assert all(r.start_model.startswith(f"{weights} sha256:") for r in warm)
+    assert {r.label_start for r in warm if r.split == "train"} == {"prediction"}
+    assert all(r.start_model.startswith(f"{weights} sha256:") for r in warm
+               if r.split == "train")
+    # val and test pairs stay cold: evaluating the start model on them is unbiased
+    assert {r.label_start for r in warm if r.split != "train"} <= {"unrelaxed"}
     assert {r.label_start for r in cold} == {"unrelaxed"}
     for r in warm:  # the row's energy is the teacher's at the unrelaxed structure
         at = r.toatoms()

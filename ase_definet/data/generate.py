@@ -32,9 +32,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from tqdm import tqdm
 
+from ..core.hosts import get_host, host_names
 from .batchfiles import BatchLock, check_batch, check_identity, finish
 from .configs import DefectConfig, high_density_configs, low_density_configs
-from ..core.hosts import get_host, host_names
 from .label import predicted_start, relax_fixed_cell, relax_from
 from .splits import assign_split
 from .store import Pair, done_ids, write_pair
@@ -172,7 +172,9 @@ def _label(args) -> tuple[Job, Pair]:
     pristine = _host_at_lattice(job)
     unrelaxed = job.config.spec.apply(pristine)
     start = {"label_start": "unrelaxed"}
-    if _WARM and job.config.density in _WARM[2]:
+    # only training pairs start warm: val and test labels stay independent of the start
+    # model, so evaluating that model on them is not biased towards its own prediction
+    if _WARM and job.config.density in _WARM[2] and job.split == "train":
         guess = predicted_start(_WARM[0], pristine, job.config.spec)
         res = relax_from(unrelaxed, guess, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
         start = {"label_start": "prediction", "start_model": _WARM[1]}
@@ -201,7 +203,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
     ``device``; this process writes every finished pair in its own transaction. Batches
     are locked while being labelled (:mod:`.batchfiles`), so concurrent runs of one plan
     share the work; ``identity`` (seed, batch size, ...) is checked against the one
-    stored in ``out``, together with the teacher settings.
+    stored in ``out``, together with the teacher settings. With ``warm_start`` (weights),
+    training pairs of ``warm_densities`` are relaxed from that model's prediction.
     """
     out.mkdir(parents=True, exist_ok=True)
     partial_dir.mkdir(parents=True, exist_ok=True)
@@ -364,9 +367,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--teacher", default="chgnet")
     p.add_argument("--device", default="cpu", help="torch device of the teacher")
     p.add_argument("--warm-start", metavar="WEIGHTS", default=None,
-                   help="start the teacher from this model's prediction (fewer steps; "
-                   "each pair records label_start and start_model; see "
-                   "benchmarks/warm_start.py for when the labels agree)")
+                   help="start the teacher from this model's prediction for training "
+                   "pairs (fewer steps; val and test pairs stay cold; each pair records "
+                   "label_start and start_model; see benchmarks/warm_start.py)")
     p.add_argument("--warm-densities", nargs="+", default=["low"], choices=("low", "high"),
                    help="densities labelled from the warm start (default: %(default)s)")
     return p
