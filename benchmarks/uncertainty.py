@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="default")
     p.add_argument("--data", nargs="+", default=["data/*_00[0-5].db"])
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="a split, or 'all'")
+    p.add_argument("--cold", action="store_true", help="only pairs relaxed from the unrelaxed "
+                   "structure (not warm-started from a model's prediction)")
     p.add_argument("--stages", type=int, default=None, help="stages run (default all)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/uncertainty.txt")
     p.add_argument("--plot", type=Path, default=ROOT / "docs/uncertainty_reliability.png")
@@ -74,12 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     if stages not in cals:
         raise SystemExit(f"{args.weights} has no uncertainty calibration for {stages} "
                          "stage(s): run definet calibrate first")
-    pairs = iter_pairs(expand_paths(args.data), split=args.split)
+    where = {} if args.split == "all" else {"split": args.split}
+    pairs = [q for q in iter_pairs(expand_paths(args.data), **where)
+             if not args.cold or q.info.get("label_start", "unrelaxed") == "unrelaxed"]
     ds = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors)
     records = collect(model, ds)
     rows = uncertainty_report(records, cals[stages], stages)
     text = (f"# python benchmarks/uncertainty.py --weights {args.weights} --data "
-            f"{' '.join(repr(d) for d in args.data)} --split {args.split} --stages {stages}\n"
+            f"{' '.join(repr(d) for d in args.data)} --split {args.split} --stages {stages}"
+            f"{' --cold' if args.cold else ''}\n"
             f"# {len(records)} structures; calibration fitted on the val split "
             "(definet calibrate)\n" + format_report(rows) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
