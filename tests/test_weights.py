@@ -44,3 +44,16 @@ def test_default_weights_carry_a_verified_checksum():
     with safe_open(path, framework="pt") as f:
         digest = f.metadata()["sha256"]
     assert tensors_sha256(load_file(path)) == digest  # what load_checkpoint verifies
+
+
+def test_weights_are_found_from_a_source_tree_that_is_not_installed(monkeypatch):
+    """``python -m pytest`` in a clone imports the source tree, where the weights are the
+    repository's ``weights/`` folder, not a package."""
+    from ase_definet.core import checkpoint
+
+    def no_package(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(checkpoint.resources, "files", no_package)
+    assert (checkpoint.weights_dir() / "default.safetensors").is_file()
+    assert "default" in checkpoint.available_weights()

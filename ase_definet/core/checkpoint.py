@@ -200,7 +200,7 @@ def weights_dir():
     try:
         return resources.files("ase_definet.weights")
     except ModuleNotFoundError:  # running from a source tree that is not installed
-        return Path(__file__).resolve().parent.parent / "weights"
+        return Path(__file__).resolve().parents[2] / "weights"  # ase_definet/core/ -> repo
 
 
 def available_weights() -> list[str]:
