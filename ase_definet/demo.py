@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ase.geometry import get_distances
 
 from .core.defects import DefectSpec
 from .core.hosts import get_host
@@ -29,9 +30,10 @@ def displacement_table(relaxer, top: int = 8) -> str:
     disp = relaxer.atoms.positions - s.atom_positions(s.site_positions)
     disp_norm = np.linalg.norm(disp, axis=1)
     pristine = s.pristine
-    dmat = pristine.get_distances  # periodic distances to defect sites
-    defects = s.spec.defect_sites
-    near = np.array([min(dmat(int(i), defects, mic=True)) for i in sites])
+    # periodic distance of every atom's site to the nearest defect site, in one call
+    _, dist = get_distances(pristine.positions[sites], pristine.positions[s.spec.defect_sites],
+                            cell=pristine.cell, pbc=pristine.pbc)
+    near = dist.min(axis=1)
     lines = [f"{'atom':>5} {'el':>3} {'site':>5} {'|dr| [A]':>9} {'to defect [A]':>14}"]
     for k in np.argsort(-disp_norm)[:top]:
         lines.append(f"{k:5d} {relaxer.atoms[k].symbol:>3} {sites[k]:5d} "
