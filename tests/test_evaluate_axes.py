@@ -53,3 +53,15 @@ def test_worse_than_input_is_counted_per_group(tmp_path, rng):
     still.add_structure(["g"], 0.01, 0.02)
     assert still.worse["g"] == 0 and still.structures["g"] == 1
     assert np.isfinite(acc.mae("axis=size"))
+
+
+def test_cold_only_drops_warm_started_labels(rng):
+    from ase_definet.train.evaluate import cold_only
+
+    model = tiny_model()
+    pairs = _pairs(rng, "strain", 3)
+    pairs[0].info["label_start"] = "prediction"
+    pairs[1].info["label_start"] = "unrelaxed"  # pairs[2]: no record, made cold
+    ds = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors, progress=False)
+    kept = cold_only(ds)
+    assert [s.info["config_id"] for s in kept.samples] == ["strain-1", "strain-2"]

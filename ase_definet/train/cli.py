@@ -127,6 +127,9 @@ def add_commands(sub) -> None:
     e.add_argument("--model", default="default", help="weights name or checkpoint")
     _add_data_args(e)
     e.add_argument("--split", default="test", help="split to evaluate ('all' for every pair)")
+    e.add_argument("--cold", action="store_true",
+                   help="only pairs relaxed from the unrelaxed structure, none warm-started "
+                   "from a model's prediction (an unbiased test of that model)")
     e.add_argument("--out-dir", default=".", help="folder for the CSV and the PNG")
     e.add_argument("--name", default="evaluation", help="file name stem of the CSV/PNG")
     e.add_argument("--device")
@@ -283,7 +286,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.checkpoint import get_model
-    from .evaluate import evaluate_model, format_table, plot_parity, write_csv
+    from .evaluate import cold_only, evaluate_model, format_table, plot_parity, write_csv
 
     model = get_model(args.model, args.device)
     train, val, test = build_datasets(args.data or ["data"], model.cutoff,
@@ -299,6 +302,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         logger.info("the pairs carry no split: evaluating all %d of them", len(train))
         args.split = "all"
     ds = sets[args.split]
+    if args.cold:
+        ds = cold_only(ds)
     if len(ds) == 0:
         raise ValueError(f"no pairs in split {args.split!r}")
     dev = next(model.parameters()).device

@@ -64,6 +64,14 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
     return acc, arrays
 
 
+def cold_only(dataset: PairDataset) -> PairDataset:
+    """The pairs whose teacher relaxation started from the unrelaxed structure (pairs
+    without a ``label_start`` record were all made so); a model evaluated on pairs
+    warm-started from its own prediction would look better than it is."""
+    return PairDataset([s for s in dataset.samples
+                        if s.info.get("label_start", "unrelaxed") == "unrelaxed"])
+
+
 def format_table(acc: ErrorAccumulator) -> str:
     """Text table: per group, model MAE and Dummy MAE (Å) for all atoms and A3-A6."""
     head = (f"{'group':<20}{'n_atoms':>8}" + "".join(f"{r:>9}{'dummy':>8}" for r in REGIONS)
