@@ -128,6 +128,12 @@ def test_generate_strain_and_size_axes_record_their_lattice(tmp_path):
         cell = r.toatoms().cell.lengths()
         assert cell[:2] == pytest.approx([2 * r.lattice_a, 2 * r.lattice_b])
         assert np.allclose(r.data["pristine_positions"].max(axis=0)[:2] < cell[:2], True)
+    from ase_definet.data.summary import summarize
+
+    table = summarize(sorted((tmp_path / "d").glob("*.db")) + sorted((tmp_path / "s").glob("*.db")))
+    rows = {tuple(line.split()[:2]): line.split() for line in table.splitlines()[1:-1]}
+    assert rows[("CuTest", "strain/low")][5] == "3"  # the axis is a group of the summary
+    assert ("CuTest", "size/high") in rows
     with connect(tmp_path / "s" / "CuTest_size_high_000.db") as db:
         sizes = {r.supercell for r in db.select()}
     assert sizes and all(s != "2x2" for s in sizes)

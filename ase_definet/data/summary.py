@@ -14,21 +14,25 @@ from ase.db import connect
 
 
 def summarize(paths: list[Path]) -> str:
-    """A text table of the pairs in ``paths`` (ase.db files of the pair schema)."""
+    """A text table of the pairs in ``paths`` (ase.db files of the pair schema), per
+    material and group: the density, with the lattice axis before it off the shipped
+    lattice (``strain/low``)."""
     conv: Counter = Counter()
     failed: Counter = Counter()
     steps: dict[tuple, list[int]] = {}
     for p in paths:
         with connect(p) as db:
             for row in db.select(columns=["key_value_pairs"]):
-                key = (row.material, row.get("density", "-"))  # runs: no density
+                density = row.get("density", "-")  # runs: no density
+                axis = row.get("axis", "original")  # variety pairs: strain/low, size/high
+                key = (row.material, density if axis == "original" else f"{axis}/{density}")
                 if row.converged:
                     conv[key + (row.get("split"),)] += 1  # runs: no split yet
                     steps.setdefault(key, []).append(int(row.steps))
                 else:
                     failed[key] += 1
     keys = sorted({k[:2] for k in conv} | set(failed))
-    lines = [f"{'material':<9}{'density':<8}{'train':>7}{'val':>6}{'test':>6}{'total':>7}"
+    lines = [f"{'material':<9}{'group':<12}{'train':>7}{'val':>6}{'test':>6}{'total':>7}"
              f"{'not conv.':>11}{'median steps':>14}"]
     totals = Counter()
     for m, d in keys:
@@ -37,9 +41,9 @@ def summarize(paths: list[Path]) -> str:
         totals.update({"train": row[0], "val": row[1], "test": row[2], "all": n,
                        "failed": failed[(m, d)]})
         med = np.median(steps[(m, d)]) if steps.get((m, d)) else float("nan")
-        lines.append(f"{m:<9}{d:<8}{row[0]:>7}{row[1]:>6}{row[2]:>6}{n:>7}"
+        lines.append(f"{m:<9}{d:<12}{row[0]:>7}{row[1]:>6}{row[2]:>6}{n:>7}"
                      f"{failed[(m, d)]:>11}{med:>14.0f}")
-    lines.append(f"{'all':<17}{totals['train']:>7}{totals['val']:>6}{totals['test']:>6}"
+    lines.append(f"{'all':<21}{totals['train']:>7}{totals['val']:>6}{totals['test']:>6}"
                  f"{totals['all']:>7}{totals['failed']:>11}")
     return "\n".join(lines)
 
