@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 #: first, then the new axes (:mod:`.variants`).
 GROUPS = (("original", "high"), ("original", "low"), ("strain", "low"), ("strain", "high"),
           ("pbe", "low"), ("pbe", "high"), ("size", "high"))
+AXIS_HELP = {"strain": "on strained lattices", "pbe": "at the 2DMD PBE lattice",
+             "size": "in 5x5 to 10x10 supercells"}
 
 
 @dataclass(frozen=True)
@@ -344,18 +346,13 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="low-density configs (1-3 defects) per material")
     p.add_argument("--low-materials", nargs="+", default=["all"],
                    help="materials that get original-lattice low density")
-    p.add_argument("--strain-high", type=int, default=0,
-                   help="high-density configs per concentration on strained lattices")
-    p.add_argument("--strain-low", type=int, default=0,
-                   help="low-density configs on strained lattices")
+    for axis, density in GROUPS:  # --strain-high, --strain-low, --pbe-high, ...
+        if axis != "original":
+            per = "per concentration " if density == "high" else ""
+            p.add_argument(f"--{axis}-{density}", type=int, default=0,
+                           help=f"{density}-density configs {per}{AXIS_HELP[axis]}")
     p.add_argument("--max-strain", type=float, default=0.04,
                    help="strain bound (0.04 = 4 %%): biaxial, x and y in turn")
-    p.add_argument("--pbe-high", type=int, default=0,
-                   help="high-density configs per concentration at the 2DMD PBE lattice")
-    p.add_argument("--pbe-low", type=int, default=0,
-                   help="low-density configs at the 2DMD PBE lattice")
-    p.add_argument("--size-high", type=int, default=0,
-                   help="high-density configs per concentration in 5x5 to 10x10 supercells")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="K/N: this shard of N")
@@ -385,9 +382,7 @@ def run_from_args(args: argparse.Namespace) -> None:
     """Run the generator from parsed command-line arguments (``definet generate``)."""
     materials = host_names() if args.materials == ["all"] else args.materials
     low = None if args.low_materials == ["all"] else args.low_materials
-    counts = {("strain", "high"): args.strain_high, ("strain", "low"): args.strain_low,
-              ("pbe", "high"): args.pbe_high, ("pbe", "low"): args.pbe_low,
-              ("size", "high"): args.size_high}
+    counts = {(a, d): getattr(args, f"{a}_{d}") for a, d in GROUPS if a != "original"}
     batches = plan_jobs(materials, args.high, args.low, args.seed, args.batch_size,
                         counts=counts, low_materials=low, max_strain=args.max_strain)
     batches = select_shard(batches, *args.shard)
