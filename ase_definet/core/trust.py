@@ -75,9 +75,11 @@ def assess(model: DefiNet, structure: DefectStructure, layers: np.ndarray,
     spread = stage_spread(layers, model.config.layers)[sites]
     cal = calibrations_from_metadata(_metadata(model)).get(stages_run)
     if cal is None:
-        logger.warning("these weights carry no uncertainty calibration for %d stage(s): "
-                       "the uncertainty is the raw stage spread (run definet calibrate)",
-                       stages_run)
+        if not getattr(model, "_definet_uncalibrated_said", False):  # once per model
+            logger.warning("these weights carry no uncertainty calibration for %d "
+                           "stage(s): the uncertainty is the raw stage spread (run "
+                           "definet calibrate)", stages_run)
+            object.__setattr__(model, "_definet_uncalibrated_said", True)
         return Assessment(spread, spread, False)
     u = cal.expected_error(spread)
     reasons = []
