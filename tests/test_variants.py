@@ -246,3 +246,22 @@ def test_warm_started_labels_record_how_they_were_made(tmp_path):
         at.calc = EMT()
         assert at.get_potential_energy() == pytest.approx(r.energy, abs=1e-6)
         assert r.converged and r.final_fmax < 0.05
+
+
+def test_splits_first_labels_only_those_and_the_batch_completes_later(tmp_path):
+    cu_host()
+    out, part = tmp_path / "d", tmp_path / "p"
+    batches = generate.plan_jobs(["CuTest"], 0, 0, batch_size=10, counts={("strain", "low"): 10})
+    planned = {j.config.config_id: j.split for j in batches[0]}
+    generate.run(out, part, batches, teacher="emt", fmax=0.05, steps=300,
+                 splits=("test", "val"))
+    assert not list(out.glob("*.db"))  # not whole: stays partial
+    with connect(part / "CuTest_strain_low_000.db") as db:
+        first = {r.config_id: r.split for r in db.select()}
+    assert first and set(first.values()) <= {"test", "val"}
+    assert first == {k: v for k, v in planned.items() if v != "train"}
+    generate.run(out, part, batches, teacher="emt", fmax=0.05, steps=300,
+                 splits=("test", "val"))  # nothing of these splits left: a no-op
+    generate.run(out, part, batches, teacher="emt", fmax=0.05, steps=300)
+    assert sorted(_all_ids(out)) == sorted(planned)  # each exactly once, batch moved
+    assert not list(part.glob("*.db"))

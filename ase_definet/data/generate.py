@@ -198,7 +198,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
         threads: int = 1, fmax: float = 0.01, steps: int = 1000, optimizer: str = "FIRE",
         teacher: str = "chgnet", device: str = "cpu",
         identity: dict[str, Any] | None = None,
-        warm_start: str | None = None, warm_densities: tuple[str, ...] = ("low",)) -> None:
+        warm_start: str | None = None, warm_densities: tuple[str, ...] = ("low",),
+        splits: tuple[str, ...] | None = None) -> None:
     """Label every planned pair not yet in a batch file; see the module docstring.
 
     ``workers`` processes with ``threads`` torch threads each run the teacher on
@@ -207,6 +208,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
     share the work; ``identity`` (seed, batch size, ...) is checked against the one
     stored in ``out``, together with the teacher settings. With ``warm_start`` (weights),
     training pairs of ``warm_densities`` are relaxed from that model's prediction.
+    With ``splits`` (e.g. ``("test", "val")``) only those pairs are labelled: their batches
+    stay in ``partial_dir`` until a run without ``splits`` labels the rest.
     """
     out.mkdir(parents=True, exist_ok=True)
     partial_dir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +236,11 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
                 shutil.copyfile(out / name, part)  # a smaller plan's file: extend a copy
             check_batch(part, batch)  # refuse a partial file of another plan
             done = done_ids(part)
-            todo = [j for j in batch if j.config.config_id not in done]
+            todo = [j for j in batch if j.config.config_id not in done
+                    and (splits is None or j.split in splits)]
+            if not todo and len(done) < len(batch):  # nothing of these splits left here
+                lock.release()
+                continue
             group.append((batch, lock, todo))
             if sum(len(t) for _, _, t in group) >= 2 * max(1, workers):
                 n, c = _label_group(group, labeller, out, partial_dir)
@@ -291,9 +298,12 @@ def _label_group(group, labeller: _Labeller, out: Path, partial_dir: Path) -> tu
         return 0, 0
     left = {batch[0].file: len(todo) for batch, _, todo in group}
     by_file = {batch[0].file: (batch, lock) for batch, lock, _ in group}
+    # a batch is moved into ``out`` only when whole (with ``splits`` it may stay partial)
+    whole = {batch[0].file: len(done_ids(partial_dir / batch[0].file)) + len(todo) == len(batch)
+             for batch, _, todo in group}
     for name, n in left.items():
         if n == 0:
-            _close_batch(*by_file[name], out, partial_dir)
+            _close_batch(*by_file[name], out, partial_dir, whole[name])
     jobs = [j for _, _, todo in group for j in todo]
     n_conv = 0
     for job, pair in tqdm(labeller.imap(jobs), total=len(jobs), desc="teacher relaxations",
@@ -305,13 +315,15 @@ def _label_group(group, labeller: _Labeller, out: Path, partial_dir: Path) -> tu
                     pair.info["steps"], pair.info["converged"])
         left[job.file] -= 1
         if left[job.file] == 0:
-            _close_batch(*by_file[job.file], out, partial_dir)
+            _close_batch(*by_file[job.file], out, partial_dir, whole[job.file])
     return len(jobs), n_conv
 
 
-def _close_batch(batch: list[Job], lock: BatchLock, out: Path, partial_dir: Path) -> None:
+def _close_batch(batch: list[Job], lock: BatchLock, out: Path, partial_dir: Path,
+                 whole: bool = True) -> None:
     try:
-        finish(partial_dir / batch[0].file, out / batch[0].file, batch)
+        if whole:
+            finish(partial_dir / batch[0].file, out / batch[0].file, batch)
     finally:
         lock.release()
 
@@ -369,6 +381,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    "label_start and start_model; see benchmarks/warm_start.py)")
     p.add_argument("--warm-densities", nargs="+", default=["low"], choices=("low", "high"),
                    help="densities labelled from the warm start (default: %(default)s)")
+    p.add_argument("--splits", nargs="+", default=None, choices=("train", "val", "test"),
+                   help="label only the pairs of these splits (e.g. test val, to evaluate "
+                   "an axis early); their batches stay partial until a run without it")
     return p
 
 
@@ -390,7 +405,8 @@ def run_from_args(args: argparse.Namespace) -> None:
     run(args.out, args.partial_dir or args.out / "partial", batches, workers=args.workers,
         threads=args.threads, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
         teacher=args.teacher, device=args.device, identity=identity,
-        warm_start=args.warm_start, warm_densities=tuple(args.warm_densities))
+        warm_start=args.warm_start, warm_densities=tuple(args.warm_densities),
+        splits=tuple(args.splits) if args.splits else None)
 
 
 if __name__ == "__main__":
