@@ -12,7 +12,7 @@ import torch
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from .core.checkpoint import get_model
+from .core.checkpoint import shared_model
 from .core.defects import DefectSpec
 from .core.inputs import is_pymatgen_structure, like_input, prepare, to_atoms
 from .core.matching import DEFAULT_TOLERANCE
@@ -110,7 +110,7 @@ def relax_many(items: Iterable[Item], model: str | Path | DefiNet = "default",
     Every item is validated before any computation; a bad item raises ``ValueError``
     naming its index.
     """
-    net = get_model(model, device)
+    net = shared_model(model, device)  # read-only use: no copy per call
     stages = check_stages(net, stages)
     jobs = []
     for k, item in enumerate(items):

@@ -17,6 +17,7 @@ one line and writes one trajectory frame per layer.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from ase.parallel import world
 
 from .core import trust
-from .core.checkpoint import get_model
+from .core.checkpoint import shared_model
 from .core.defects import SpecLike
 from .core.inputs import like_input, prepare, to_atoms
 from .core.matching import DEFAULT_TOLERANCE, describe
@@ -119,13 +120,16 @@ class DefiNetRelaxer(Optimizer):
         self._input = atoms
         user_atoms = to_atoms(atoms, "atoms")
         host = None if pristine is None else to_atoms(pristine, "pristine")
-        self.model = get_model(model, device)
+        self._own_model: DefiNet | None = model if isinstance(model, DefiNet) else None
+        # named weights: predict with the process's cached instance (no copy per relaxer)
+        # until ``self.model`` hands out a copy of this relaxer's own
+        self._net = shared_model(model, device)
         self.model_name = model if isinstance(model, (str, Path)) else type(model).__name__
-        self.stages = check_stages(self.model, stages)
+        self.stages = check_stages(self._net, stages)
         self.polish_optimizer = (get_optimizer(polish_optimizer)
                                  if isinstance(polish_optimizer, str) else polish_optimizer)
         self.polish_kwargs = dict(polish_kwargs or {})
-        self.structure, target = prepare(user_atoms, defects, host, self.model.elements,
+        self.structure, target = prepare(user_atoms, defects, host, self._net.elements,
                                          tolerance, marker_free)
         # --- nothing above touched the caller's objects; from here on we own state
         super().__init__(atoms=target, logfile=logfile, trajectory=trajectory,
@@ -143,10 +147,19 @@ class DefiNetRelaxer(Optimizer):
         self.uncertainty_calibrated: bool | None = None
         self.out_of_range: list[str] = []
         if self.check_range:
-            self.out_of_range = domain_reasons(self.model, self.structure)
+            self.out_of_range = domain_reasons(self._net, self.structure)
             trust.warn(self.out_of_range)
 
     # ------------------------------------------------------------ ASE optimizer API
+    @property
+    def model(self) -> DefiNet:
+        """This relaxer's network: the ``DefiNet`` passed in, or for named weights a copy
+        of its own (made on first access; later predictions of this relaxer use it, so
+        changes to it apply here and nowhere else)."""
+        if self._own_model is None:
+            self._own_model = self._net = copy.deepcopy(self._net)
+        return self._own_model
+
     @property
     def relaxed(self) -> Atoms | Any:
         """The relaxed structure as the type passed: ``self.atoms`` for an Atoms, a new
@@ -155,11 +168,11 @@ class DefiNetRelaxer(Optimizer):
 
     def todict(self) -> dict[str, Any]:
         return {**super().todict(),
-                "model": str(self.model_name), "device": str(model_device(self.model)),
-                "cutoff": self.model.cutoff, "max_neighbors": self.model.max_neighbors,
-                "layers": self.model.config.layers,
-                "refinement_stages": self.model.config.refine,
-                "stages_run": self.stages or self.model.config.refine + 1,
+                "model": str(self.model_name), "device": str(model_device(self._net)),
+                "cutoff": self._net.cutoff, "max_neighbors": self._net.max_neighbors,
+                "layers": self._net.config.layers,
+                "refinement_stages": self._net.config.refine,
+                "stages_run": self.stages or self._net.config.refine + 1,
                 "polish_optimizer": self.polish_optimizer.__name__,
                 "defects": describe(self.structure.spec, self.structure.pristine),
                 "out_of_range": list(self.out_of_range),
@@ -249,11 +262,11 @@ class DefiNetRelaxer(Optimizer):
             self._write_frame(self.atoms)
         self._start = self.atoms.positions.copy()
         t0 = time.perf_counter()
-        self.layers = predict_sites(self.model, [self.structure], all_layers=True,
+        self.layers = predict_sites(self._net, [self.structure], all_layers=True,
                                     stages=self.stages)[0]
         self.timings["predict"] = time.perf_counter() - t0
-        stages_run = self.stages or self.model.config.refine + 1
-        judged = assess(self.model, self.structure, self.layers, stages_run)
+        stages_run = self.stages or self._net.config.refine + 1
+        judged = assess(self._net, self.structure, self.layers, stages_run)
         self.uncertainty, self.bound90 = judged.uncertainty, judged.bound90
         self.uncertainty_calibrated = judged.calibrated
         if self.check_range and judged.reasons:
@@ -303,7 +316,7 @@ class DefiNetRelaxer(Optimizer):
         """One line per network layer (and a frame each before the last, which is the
         prediction): its largest shift, the largest and RMS displacement so far, Å."""
         name = type(self).__name__
-        n_layers = self.model.config.layers
+        n_layers = self._net.config.layers
         self.logfile.write(f"{' ' * len(name)}  {'':5} {'layer':>5} {'stage':>5} "
                            f"{'Shift[A]':>12} {'MaxDisp[A]':>12} {'RMSDisp[A]':>12}\n")
         prev = self._start

@@ -256,10 +256,47 @@ def get_model(model: str | Path | DefiNet = "default",
 
     dev = resolve_device(device)
     if isinstance(model, DefiNet):
-        return model.to(dev)
+        return _on(model, dev)
+    return copy.deepcopy(_shared(_file_key(model), str(dev)))
+
+
+def shared_model(model: str | Path | DefiNet = "default",
+                 device: str | torch.device | None = None) -> DefiNet:
+    """Like :func:`get_model`, but for read-only use: named and file weights give the
+    process's one cached instance per device, in eval mode, without the copy (a copy
+    of the default costs about as much as a forward pass of an 8x8 cell). Callers must
+    not train, move or modify it; :class:`~ase_definet.DefiNetRelaxer` predicts with
+    it and hands out a copy of its own (``relaxer.model``) on first access."""
+    from .device import resolve_device
+
+    dev = resolve_device(device)
+    if isinstance(model, DefiNet):
+        return _on(model, dev)
+    return _shared(_file_key(model), str(dev))
+
+
+def _on(model: DefiNet, dev: torch.device) -> DefiNet:
+    """``model.to(dev)``, skipped when every tensor is there already (``Module.to``
+    walks every submodule: milliseconds on a three-stage model)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device == dev for t in tensors):
+        return model
+    return model.to(dev)
+
+
+def _file_key(model: str | Path | DefiNet) -> tuple[str, int, int]:
     if not isinstance(model, (str, Path)):
         raise ValueError(f"model must be a weights name, a path or a DefiNet, got "
                          f"{type(model).__name__}")
     path = _resolve_path(model).resolve()
     stat = path.stat()
-    return copy.deepcopy(_cached(str(path), stat.st_mtime_ns, stat.st_size)).to(dev)
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+@lru_cache(maxsize=8)
+def _shared(key: tuple[str, int, int], device: str) -> DefiNet:
+    """The cached model of a file on ``device``, in eval mode; never modified here."""
+    model = _cached(*key)
+    if torch.device(device) != torch.device("cpu"):
+        model = copy.deepcopy(model).to(device)
+    return model.eval()
