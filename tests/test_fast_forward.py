@@ -67,3 +67,14 @@ def test_fast_forward_follows_weight_changes():
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
+
+
+def test_fast_basis_is_the_radial_basis_bit_for_bit():
+    from ase_definet.model.inference import _basis
+    from ase_definet.model.layers import GaussianRBF
+
+    rbf = GaussianRBF(32, 6.0)
+    d = torch.cat([torch.rand(5000) * 7.0, torch.tensor([0.0, 6.0, 5.999999, 1e-9])])
+    fast = _basis(rbf, d)
+    assert torch.equal(fast[:, :-1], rbf(d)) and torch.equal(fast[:, -1], torch.ones(len(d)))
+    assert (fast[:, :-1] == 0).any() and (fast[:, :-1] > 0).any()  # both branches of the mask

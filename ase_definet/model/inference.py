@@ -26,13 +26,14 @@ shipped weights; ``tests/test_fast_forward.py`` holds it to 1e-5 Å).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as tf
 
 from ..graph import GraphBatch
-from .layers import ConsensusActivation, VectorLayerNorm
+from .layers import ConsensusActivation, GaussianRBF, VectorLayerNorm
 from .scatter import edge_slices, scatter_sum
 
 N_MARKERS = 3
@@ -159,6 +160,21 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], dim=1)
 
 
+def _basis(rbf: GaussianRBF, d: torch.Tensor) -> torch.Tensor:
+    """``cat([rbf(d), 1])``: (E,) Å -> (E, n_rbf + 1), the same numbers as
+    :class:`GaussianRBF` (the same operations in place, and its mask as a product with
+    ``sign(arg + 80)``, exact since ``arg >= -80`` after the clamp: comparisons and
+    ``where`` on (E, n_rbf) took most of the basis's time on the CPU)."""
+    k = rbf.centers.numel()
+    arg = (d[:, None] - rbf.centers).div_(rbf.width).pow_(2).mul_(-0.5).clamp_(min=-80.0)
+    values = torch.exp(arg).mul_(arg.add_(80.0).sign_())
+    env = torch.cos(d * (math.pi / rbf.cutoff)).add_(1.0).mul_(0.5).mul_(d < rbf.cutoff)
+    out = d.new_empty(d.shape[0], k + 1)
+    out[:, k] = 1.0
+    torch.mul(values, env[:, None], out=out[:, :k])
+    return out
+
+
 def _tables(phi: torch.Tensor, gate: torch.Tensor, markers: torch.Tensor) -> torch.Tensor:
     """Per-sender tables phi(x_j) * gate(E(m_i) + E(m_j)) over the receiver marker m_i:
     phi (n, C), gate (3, 3, C) indexed [m_i, m_j] -> (3n, C), row j * 3 + m_i."""
@@ -195,8 +211,7 @@ def layer_forward(layer, x: torch.Tensor, vec: torch.Tensor | None, pos: torch.T
     e = pos.index_select(0, src).add_(ctx.shifts).sub_(pos.index_select(0, dst))
     d = torch.linalg.vector_norm(e, dim=1)
     u = e.div_(d.clamp(min=1e-9)[:, None])
-    basis = rbf(d)
-    basis = torch.cat([basis, basis.new_ones(basis.shape[0], 1)], dim=1)  # (E, n_rbf + 1)
+    basis = _basis(rbf, d)  # (E, n_rbf + 1)
     table = _tables(layer.msg_phi(xn), layer.msg_gate(pair_emb), ctx.markers)  # (3n, 3F)
 
     # --- defect-aware message passing (1, 2), in chunks that stay in cache
