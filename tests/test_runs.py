@@ -217,3 +217,18 @@ def test_selective_dynamics_forces_on_fixed_atoms_do_not_count(tmp_path, runs):
     run = read_run(write_vasprun(tmp_path / "vasprun.xml", frames))
     assert run.converged and run.info["final_fmax"] < 0.02
     assert len(run.frames[0].constraints) == 1  # read back from the selective flags
+
+
+def test_cell_change_names_what_changed():
+    from ase.build import bulk
+
+    from ase_definet.core.matching import cell_change
+
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    assert cell_change(a, a.copy()) is None
+    b = a.copy()
+    b.set_cell(a.cell * 1.01, scale_atoms=True)
+    assert cell_change(a, b).startswith("cell [3.6, 3.6, 3.6") and "3.636" in cell_change(a, b)
+    c = a.copy()
+    c.pbc = [True, True, False]
+    assert cell_change(a, c) == "pbc [True, True, True] -> [True, True, False]"

@@ -46,6 +46,17 @@ class Match:
     translation: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
 
+def cell_change(before: Atoms, after: Atoms, rtol: float = 1e-3) -> str | None:
+    """``None`` when ``after`` has the cell (within ``rtol`` of the longest vector) and
+    pbc of ``before``, else what changed, e.g. ``"cell [a, b, c, al, be, ga] -> [...]"``."""
+    if not np.allclose(after.cell[:], before.cell[:], atol=rtol * max(before.cell.lengths())):
+        return (f"cell {before.cell.cellpar().round(3).tolist()} -> "
+                f"{after.cell.cellpar().round(3).tolist()}")
+    if not np.array_equal(after.pbc, before.pbc):
+        return f"pbc {before.pbc.tolist()} -> {after.pbc.tolist()}"
+    return None
+
+
 def check_same_cell(atoms: Atoms, pristine: Atoms, rtol: float = 1e-3) -> None:
     check_cell(pristine.cell[:], pristine.pbc)
     if not np.allclose(atoms.cell[:], pristine.cell[:], atol=rtol * max(pristine.cell.lengths())):

@@ -40,7 +40,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
-from ..core.matching import DEFAULT_TOLERANCE, Match, check_same_cell, match_to_host
+from ..core.matching import (DEFAULT_TOLERANCE, Match, cell_change, check_same_cell,
+                             match_to_host)
 from .store import Pair, pair_from_match
 
 logger = logging.getLogger(__name__)
@@ -377,12 +378,10 @@ def run_to_pair(run: Run, hosts: dict[str, Atoms], tolerance: float = DEFAULT_TO
     if len(first) != len(last) or not np.array_equal(first.numbers, last.numbers):
         raise SkipRun(f"the atoms change during the run ({first.get_chemical_formula()} -> "
                       f"{last.get_chemical_formula()})")
-    try:
-        check_same_cell(last, first)
-    except ValueError:
-        raise SkipRun(f"the cell changes during the run ({first.cell.cellpar().round(3).tolist()}"
-                      f" -> {last.cell.cellpar().round(3).tolist()}); DefiNet relaxes positions "
-                      "in a fixed cell") from None
+    change = cell_change(first, last)
+    if change is not None:
+        raise SkipRun(f"the cell changes during the run ({change}); DefiNet relaxes positions "
+                      "in a fixed cell")
     material, host, m = match_run(first, hosts, tolerance)
     info = {"source": str(run.source), "config_id": str(run.source), "material": material,
             "converged": True, "convergence_checked": run.converged is True,

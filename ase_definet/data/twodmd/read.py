@@ -14,7 +14,7 @@ from ase.geometry import find_mic, get_distances
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
-from ...core.matching import check_same_cell
+from ...core.matching import cell_change
 from ..store import Pair, pair_from_match
 from .layout import (
     SOURCE,
@@ -48,12 +48,10 @@ def _relaxed_order(unrelaxed: Atoms, relaxed: Atoms, tolerance: float, path: Pat
     if len(relaxed) != n:
         raise ValueError(f"relaxed structure {str(path)!r} has {len(relaxed)} atoms, the "
                          f"unrelaxed one {n}")
-    try:
-        check_same_cell(relaxed, unrelaxed)
-    except ValueError:
-        raise ValueError(f"relaxed structure {str(path)!r} has another cell "
-                         f"({relaxed.cell.cellpar().round(3).tolist()}) than the unrelaxed one "
-                         f"({unrelaxed.cell.cellpar().round(3).tolist()})") from None
+    change = cell_change(unrelaxed, relaxed)
+    if change is not None:
+        raise ValueError(f"relaxed structure {str(path)!r} has another cell or pbc than the "
+                         f"unrelaxed one ({change})")
     cell = unrelaxed.cell[:]
     same_species = np.array_equal(relaxed.numbers, unrelaxed.numbers)
     ident = np.arange(n)
