@@ -5,8 +5,9 @@
     python benchmarks/benchmark.py --device cuda         # GPU figures (where one exists)
 
 For MoS2 n x n supercells (n = 8, 16, 32, 64; 192 to 12,288 sites) with 10 % random
-defects: graph building, the forward pass and the end-to-end time of a new ``DefiNetRelaxer`` from the weights' name (what a user runs)
-(medians over ``--repeats`` after a warm-up), the process's peak memory after each
+defects: graph building, the forward pass and the end-to-end time of a new
+``DefiNetRelaxer`` from the weights' name, as a user runs it (medians over
+``--repeats`` after a warm-up), the process's peak memory after each
 size, batched throughput for 8x8 cells, and CHGNet + FIRE to 0.01 eV/Å on the 8x8 and
 16x16 structures with the speed-up. Prints a table and writes a CSV.
 
