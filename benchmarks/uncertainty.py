@@ -22,7 +22,7 @@ import torch
 
 from ase_definet.core.checkpoint import load_checkpoint
 from ase_definet.core.uncertainty import calibrations_from_metadata
-from ase_definet.data.store import iter_pairs
+from ase_definet.data.store import is_cold, iter_pairs
 from ase_definet.train.calibrate import collect, format_report, uncertainty_report
 from ase_definet.train.dataset import PairDataset, expand_paths
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                          "stage(s): run definet calibrate first")
     where = {} if args.split == "all" else {"split": args.split}
     pairs = [q for q in iter_pairs(expand_paths(args.data), **where)
-             if not args.cold or q.info.get("label_start", "unrelaxed") == "unrelaxed"]
+             if not args.cold or is_cold(q.info)]
     ds = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors)
     records = collect(model, ds)
     rows = uncertainty_report(records, cals[stages], stages)

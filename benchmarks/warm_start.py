@@ -24,7 +24,7 @@ from ase.geometry import find_mic
 
 from ase_definet.core.checkpoint import get_model
 from ase_definet.data.label import predicted_start, relax_from
-from ase_definet.data.store import iter_pairs
+from ase_definet.data.store import is_cold, iter_pairs
 from ase_definet.data.teacher import get_teacher
 from ase_definet.train.dataset import expand_paths
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for path in expand_paths(args.data):
         held = [q for s in args.splits for q in iter_pairs([path], split=s)
-                if q.info.get("label_start", "unrelaxed") == "unrelaxed"]  # cold labels
+                if is_cold(q.info)]  # cold labels
         for pair in held[: args.per_file]:
             info = pair.info
             start = predicted_start(model, pair.pristine, pair.spec)

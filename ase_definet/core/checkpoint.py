@@ -236,13 +236,6 @@ def resolve_weights_path(name_or_path: str | Path) -> Path:
     return _resolve_path(name_or_path)
 
 
-@lru_cache(maxsize=8)
-def _cached(path: str, mtime_ns: int, size: int) -> DefiNet:
-    """The model of a file as last written (a rewritten file is read anew), on the CPU;
-    never handed out: :func:`get_model` gives each caller a copy."""
-    return load_checkpoint(path, "cpu")[0]
-
-
 def get_model(model: str | Path | DefiNet = "default",
               device: str | torch.device | None = None) -> DefiNet:
     """A ready model from a weights name, a path or an instance (moved to ``device``).
@@ -252,12 +245,8 @@ def get_model(model: str | Path | DefiNet = "default",
     fine-tuning or ``.to()`` never reaches another's. A ``DefiNet`` instance is the
     caller's own and is returned itself, moved to ``device``.
     """
-    from .device import resolve_device
-
-    dev = resolve_device(device)
-    if isinstance(model, DefiNet):
-        return _on(model, dev)
-    return copy.deepcopy(_shared(_file_key(model), str(dev)))
+    shared = shared_model(model, device)
+    return shared if isinstance(model, DefiNet) else copy.deepcopy(shared)
 
 
 def shared_model(model: str | Path | DefiNet = "default",
@@ -296,7 +285,4 @@ def _file_key(model: str | Path | DefiNet) -> tuple[str, int, int]:
 @lru_cache(maxsize=8)
 def _shared(key: tuple[str, int, int], device: str) -> DefiNet:
     """The cached model of a file on ``device``, in eval mode; never modified here."""
-    model = _cached(*key)
-    if torch.device(device) != torch.device("cpu"):
-        model = copy.deepcopy(model).to(device)
-    return model.eval()
+    return load_checkpoint(key[0], device)[0].eval()

@@ -59,13 +59,11 @@ def cell_change(before: Atoms, after: Atoms, rtol: float = 1e-3) -> str | None:
 
 def check_same_cell(atoms: Atoms, pristine: Atoms, rtol: float = 1e-3) -> None:
     check_cell(pristine.cell[:], pristine.pbc)
-    if not np.allclose(atoms.cell[:], pristine.cell[:], atol=rtol * max(pristine.cell.lengths())):
-        raise ValueError("the defective structure does not match its host: the cells differ "
-                         f"(defective {atoms.cell.cellpar().round(3).tolist()}, host "
-                         f"{pristine.cell.cellpar().round(3).tolist()})")
-    if not np.array_equal(atoms.pbc, pristine.pbc):
-        raise ValueError(f"the defective structure does not match its host: pbc "
-                         f"{atoms.pbc.tolist()} vs {pristine.pbc.tolist()}")
+    change = cell_change(pristine, atoms, rtol)
+    if change is not None:
+        what = "the cells differ" if change.startswith("cell") else "the pbc differ"
+        raise ValueError(f"the defective structure does not match its host: {what} "
+                         f"(host -> defective: {change})")
 
 
 def match_to_host(defective: Atoms, pristine: Atoms,

@@ -146,6 +146,12 @@ def iter_pairs(paths: list[str | Path], converged_only: bool = True,
                 yield row_to_pair(row)
 
 
+def is_cold(info: dict[str, Any]) -> bool:
+    """Whether a pair's teacher relaxation started from the unrelaxed structure (pairs
+    without a ``label_start`` record were all made so), not from a model's prediction."""
+    return info.get("label_start", "unrelaxed") == "unrelaxed"
+
+
 def done_ids(path: str | Path) -> set[str]:
     """The ``config_id`` of every row already in ``path`` (empty if it does not exist)."""
     if not Path(path).exists():

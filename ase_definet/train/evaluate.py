@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.predict import iter_layer_outputs
+from ..data.store import is_cold
 from ..model import DefiNet
 from .dataset import PairDataset, iter_batches
 from .metrics import RADII, ErrorAccumulator, sample_groups
@@ -69,7 +70,7 @@ def cold_only(dataset: PairDataset) -> PairDataset:
     without a ``label_start`` record were all made so); a model evaluated on pairs
     warm-started from its own prediction would look better than it is."""
     return PairDataset([s for s in dataset.samples
-                        if s.info.get("label_start", "unrelaxed") == "unrelaxed"])
+                        if is_cold(s.info)])
 
 
 def format_table(acc: ErrorAccumulator) -> str:
