@@ -78,3 +78,20 @@ def test_fast_basis_is_the_radial_basis_bit_for_bit():
     fast = _basis(rbf, d)
     assert torch.equal(fast[:, :-1], rbf(d)) and torch.equal(fast[:, -1], torch.ones(len(d)))
     assert (fast[:, :-1] == 0).any() and (fast[:, :-1] > 0).any()  # both branches of the mask
+
+
+def test_radial_basis_values_and_gradient_are_those_of_the_masked_exponential():
+    import math
+
+    from ase_definet.model.layers import GaussianRBF
+
+    rbf = GaussianRBF(32, 6.0)
+    d = (torch.rand(2000, dtype=torch.float64) * 7.0).requires_grad_()
+    arg = -0.5 * ((d[:, None] - rbf.centers.double()) / rbf.width) ** 2
+    env = 0.5 * (torch.cos(d * (math.pi / 6.0)) + 1.0) * (d < 6.0)
+    ref = torch.where(arg > -80.0, torch.exp(arg.clamp(min=-80.0)), 0.0) * env[:, None]
+    (g_ref,) = torch.autograd.grad(ref.sum(), d)
+    out = rbf.double()(d)
+    (g,) = torch.autograd.grad(out.sum(), d)
+    assert torch.equal(out, ref) and (out == 0).any()
+    assert torch.isfinite(g).all() and torch.allclose(g, g_ref, rtol=1e-12, atol=0)

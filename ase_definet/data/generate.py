@@ -217,7 +217,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
                          "steps": steps, "optimizer": optimizer})
     labeller = _Labeller(workers, threads, teacher, device, (fmax, steps, optimizer),
                          (warm_start, tuple(warm_densities)) if warm_start else None)
-    group: list[tuple[list[Job], BatchLock, list[Job]]] = []
+    # (batch, its lock, the jobs to label, whether the batch is whole once they are)
+    group: list[tuple[list[Job], BatchLock, list[Job], bool]] = []
     n_total = n_conv = busy = 0
     try:
         for batch in batches:
@@ -241,16 +242,16 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
             if not todo and len(done) < len(batch):  # nothing of these splits left here
                 lock.release()
                 continue
-            group.append((batch, lock, todo))
-            if sum(len(t) for _, _, t in group) >= 2 * max(1, workers):
+            group.append((batch, lock, todo, len(done) + len(todo) == len(batch)))
+            if sum(len(g[2]) for g in group) >= 2 * max(1, workers):
                 n, c = _label_group(group, labeller, out, partial_dir)
                 n_total, n_conv, group = n_total + n, n_conv + c, []
         n, c = _label_group(group, labeller, out, partial_dir)
         n_total, n_conv, group = n_total + n, n_conv + c, []
     finally:
         labeller.close()
-        for _, lock, _ in group:
-            lock.release()
+        for g in group:
+            g[1].release()
     if busy:
         logger.info("%d batch file(s) were being labelled by another run: left to it", busy)
     if n_total:
@@ -296,15 +297,14 @@ def _label_group(group, labeller: _Labeller, out: Path, partial_dir: Path) -> tu
     arrives, and each batch is checked, moved into ``out`` and unlocked once complete."""
     if not group:
         return 0, 0
-    left = {batch[0].file: len(todo) for batch, _, todo in group}
-    by_file = {batch[0].file: (batch, lock) for batch, lock, _ in group}
+    left = {batch[0].file: len(todo) for batch, _, todo, _ in group}
+    by_file = {batch[0].file: (batch, lock) for batch, lock, _, _ in group}
     # a batch is moved into ``out`` only when whole (with ``splits`` it may stay partial)
-    whole = {batch[0].file: len(done_ids(partial_dir / batch[0].file)) + len(todo) == len(batch)
-             for batch, _, todo in group}
+    whole = {batch[0].file: w for batch, _, _, w in group}
     for name, n in left.items():
         if n == 0:
             _close_batch(*by_file[name], out, partial_dir, whole[name])
-    jobs = [j for _, _, todo in group for j in todo]
+    jobs = [j for _, _, todo, _ in group for j in todo]
     n_conv = 0
     for job, pair in tqdm(labeller.imap(jobs), total=len(jobs), desc="teacher relaxations",
                           unit="pair", disable=None):  # off when not on a terminal

@@ -30,8 +30,11 @@ class GaussianRBF(nn.Module):
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         arg = -0.5 * ((d[:, None] - self.centers) / self.width) ** 2
         # exp below e^-80 (~1e-35) is set to 0: left alone it gives float32 denormals,
-        # which slowed the whole forward pass (the matmuls after it) by ~1.6x on the CPU
-        rbf = torch.where(arg > -80.0, torch.exp(arg.clamp(min=-80.0)), 0.0)
+        # which slowed the whole forward pass (the matmuls after it) by ~1.6x on the CPU.
+        # The mask is the product with sign(arg + 80), exact after the clamp (0 where
+        # clamped, 1 elsewhere; zero gradient) and cheaper than a comparison and a where.
+        arg = arg.clamp(min=-80.0)
+        rbf = torch.exp(arg) * torch.sign(arg + 80.0)
         env = 0.5 * (torch.cos(d * (math.pi / self.cutoff)) + 1.0) * (d < self.cutoff)
         return rbf * env[:, None]
 
