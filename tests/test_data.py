@@ -313,3 +313,10 @@ def test_unconverged_pairs_are_skipped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="ase_definet.data.store"):
         assert list(iter_pairs([path], split="val")) == []
     assert "skipped" not in caplog.text  # counted within the selection only
+
+
+def test_reading_a_missing_pair_file_is_an_error_and_creates_nothing(tmp_path):
+    missing = tmp_path / "MoS2_000.db"
+    with pytest.raises(FileNotFoundError, match="MoS2_000.db: no such pair file"):
+        next(iter_pairs([missing]))
+    assert not missing.exists()

@@ -33,3 +33,20 @@ def test_atomic_write_gives_the_usual_mode_and_replaces_only_on_success(tmp_path
         tmp.write_text("x")
         raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_checkpoint_keeps_the_mode_of_the_file_it_replaces_and_is_readable_when_new(tmp_path):
+    from ase_definet.core.checkpoint import save_checkpoint
+
+    from .conftest import tiny_model
+
+    model = tiny_model(0)
+    old = os.umask(0o022)
+    try:
+        new = save_checkpoint(model, tmp_path / "new.safetensors", {})
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644  # safetensors alone gives 0600
+        os.chmod(new, 0o640)
+        save_checkpoint(model, new, {"note": "updated"})  # in place, e.g. definet calibrate
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -42,22 +42,67 @@ def test_stage_spread_sums_the_corrections_after_the_first_stage():
         stage_spread(np.zeros((4, n, 3)), 2)
 
 
-def test_calibration_is_monotone_and_its_90_percent_bound_holds():
+def _structures(rng, n_structures=300):
+    """Synthetic (spreads, errors) per structure: the error scales with the atom's
+    spread and, beyond it, with the structure's size (as the far field of a larger cell
+    relaxes further), a part the spread alone does not show."""
+    spreads, errors = [], []
+    for _ in range(n_structures):
+        n = int(rng.choice([75, 150, 300, 600]))
+        s = rng.lognormal(-5, 1.2, n)
+        spreads.append(s)
+        errors.append(2.0 * s * (n / 150) ** 0.7 * rng.exponential(1.0, n))
+    return spreads, errors
+
+
+def _coverage(cal, spreads, errors):
+    return np.mean(np.concatenate([e <= cal.bound90(s) for s, e in zip(spreads, errors)]))
+
+
+def test_calibration_is_monotone_and_its_90_percent_bound_holds_in_every_cell_size():
     rng = np.random.default_rng(0)
-    spread = rng.lognormal(-5, 1.2, 20000)
-    error = 2.0 * spread * rng.exponential(1.0, spread.size)  # heteroscedastic
-    cal = fit_calibration(spread, error, [spread[:100], spread[100:300]])
-    x = np.geomspace(1e-5, 1.0, 50)
+    spreads, errors = _structures(rng)
+    cal = fit_calibration(spreads, errors)
+    assert cal.weights[0] > 0 and cal.weights[2] > 0.4 and cal.size_range == (75, 600)
+    x = np.geomspace(1e-5, 1.0, 50)  # one structure's atoms, increasing spreads
     assert (np.diff(cal.expected_error(x)) >= 0).all() and (np.diff(cal.bound90(x)) >= 0).all()
-    s2 = rng.lognormal(-5, 1.2, 20000)  # fresh draws of the same law
-    e2 = 2.0 * s2 * rng.exponential(1.0, s2.size)
-    assert 0.87 < (e2 <= cal.bound90(s2)).mean() < 0.93
-    assert cal.expected_error(s2).mean() == pytest.approx(e2.mean(), rel=0.1)
+    fresh = _structures(rng)  # fresh draws of the same law
+    spread_only = fit_calibration(spreads, errors, structure_terms=False)
+    for n in (75, 600):
+        sel = [i for i, s in enumerate(fresh[0]) if len(s) == n]
+        s2, e2 = [fresh[0][i] for i in sel], [fresh[1][i] for i in sel]
+        assert 0.86 < _coverage(cal, s2, e2) < 0.94
+        # the spread alone is over-confident in large cells, under-confident in small
+        assert (_coverage(spread_only, s2, e2) < 0.86) if n == 600 else (
+            _coverage(spread_only, s2, e2) > 0.97)
+        mean_err = np.mean(np.concatenate(e2))
+        mean_pred = np.mean(np.concatenate([cal.expected_error(s) for s in s2]))
+        assert mean_pred == pytest.approx(mean_err, rel=0.15)
+    # atom counts beyond the calibrated range are clipped to it
+    big = rng.lognormal(-5, 1.2, 5000)
+    assert cal.bound90(big)[:600] == pytest.approx(cal.bound90(big[:600]), rel=0.3)
+    assert cal.bound90(big).mean() < 1.5 * cal.bound90(big[:600]).mean()
     back = Calibration.from_dict(cal.to_dict())
     assert back == cal
     bad = cal.to_dict() | {"knots": cal.knots[::-1]}
     with pytest.raises(ValueError, match="knots must increase"):
         Calibration.from_dict(bad)
+    with pytest.raises(ValueError, match="three finite weights"):
+        Calibration.from_dict(cal.to_dict() | {"weights": [0.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match="one array per structure"):
+        fit_calibration(spreads, errors[:-1])
+
+
+def test_a_calibration_without_score_weights_maps_the_spread_alone():
+    """Checkpoints calibrated before the structure terms keep their meaning."""
+    old = {"knots": [1e-4, 1e-2], "mean": [0.001, 0.05], "q90": [0.002, 0.1],
+           "structure_threshold": 1.0, "n_atoms": 100}
+    cal = Calibration.from_dict(old)
+    assert cal.weights == (1.0, 0.0, 0.0)
+    s = np.array([1e-4, 1e-3, 1e-2])
+    assert cal.expected_error(s) == pytest.approx(
+        np.interp(np.log(s), np.log([1e-4, 1e-2]), [0.001, 0.05]))
+    assert cal.expected_error(s[:1]) == pytest.approx(cal.expected_error(s)[:1])
 
 
 def test_uncertainty_of_the_relaxer_in_the_order_of_its_atoms(host):

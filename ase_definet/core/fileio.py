@@ -6,8 +6,8 @@ file of that name stays as it was.
     with atomic_path("log.csv") as tmp:
         tmp.write_text(...)
 
-The temporary file has the usual mode of a new file (``0o666`` less the umask, not
-mkstemp's ``0o600``), a hidden name in the target's folder (the rename stays on one file
+The file written has the mode of the file it replaces, or else the usual mode of a new
+file (``0o666`` less the umask, not mkstemp's ``0o600``); the temporary file has a hidden name in the target's folder (the rename stays on one file
 system) and the target's suffix (for writers that pick a format by it).
 """
 
@@ -41,7 +41,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp = temp_beside(path)
     try:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else tmp.stat().st_mode & 0o7777
         yield tmp
+        os.chmod(tmp, mode)  # writers that replace the file (safetensors) make it 0600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

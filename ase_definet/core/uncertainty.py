@@ -8,16 +8,23 @@ it. The *spread* of a site is the length of all its corrections after the first 
 
 with x^(s) the coordinates after stage s (one stage only: the last layer's shift). It
 costs nothing beyond the forward pass. A calibration fitted on held-out pairs
-(:func:`fit_calibration`, ``definet calibrate``) maps the spread to the expected size of
-the error of the predicted position, and to a bound the error stays below for 90 % of
-atoms, both monotone piecewise-linear in log(spread). It is stored in the checkpoint's
-metadata per number of stages run.
+(:func:`fit_calibration`, ``definet calibrate``) maps each atom's *score*
+
+    score_i = a log(spread_i) + b log(mean_j spread_j) + c log(n_atoms)
+
+(the structure's mean spread and its atom count, clipped to the calibrated range, carry
+the error the stages agree on: it grows with the cell, since the far field of a larger
+cell relaxes further) to the expected size of the error of the predicted position, and
+to a bound the error stays below for 90 % of atoms, both monotone piecewise-linear in the
+score. The weights a, b, c are a least-squares fit of log(error) on the val split. It is
+stored in the checkpoint's metadata per number of stages run; a calibration without
+weights (older checkpoints) is a = 1, b = c = 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,15 +54,22 @@ def stage_spread(layers: np.ndarray, layers_per_stage: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Spread -> error, fitted on held-out pairs for one number of stages.
+    """Score -> error, fitted on held-out pairs for one number of stages.
+
+    The methods take the spreads of *one structure's* atoms, (n_atoms,) Å, since the
+    score depends on the structure's mean spread and size.
 
     Attributes:
-        knots: increasing spreads (Å), the medians of equal-count bins.
+        knots: increasing exp(score) (Å when ``weights`` is (1, 0, 0)), the medians of
+            equal-count bins.
         mean: the mean error (Å) of the atoms of each bin.
         q90: the 90th percentile of their error (Å).
         structure_threshold: a structure whose mean uncertainty (Å) exceeds this is
             flagged as unreliable (1.5x the largest seen in calibration).
         n_atoms: atoms the fit used.
+        weights: (a, b, c) of the score (module docstring).
+        size_range: (smallest, largest) atom count of a calibration structure; the
+            count in the score is clipped to it.
     """
 
     knots: tuple[float, ...]
@@ -63,22 +77,30 @@ class Calibration:
     q90: tuple[float, ...]
     structure_threshold: float
     n_atoms: int = 0
+    weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    size_range: tuple[int, int] = (1, 1)
+
+    def score(self, spread: np.ndarray) -> np.ndarray:
+        """Log-scale score (n_atoms,) of one structure's spreads (n_atoms,) Å."""
+        return _score(np.asarray(spread, dtype=float), self.weights, self.size_range)
 
     def _interp(self, spread: np.ndarray, values: tuple[float, ...]) -> np.ndarray:
-        x = np.log(np.maximum(np.asarray(spread, dtype=float), _FLOOR))
+        x = self.score(spread)
         k = np.log(np.maximum(np.asarray(self.knots), _FLOOR))
         v = np.asarray(values)
         out = np.interp(x, k, v)
-        above = x > k[-1]  # beyond the largest spread seen: grow with the spread
+        above = x > k[-1]  # beyond the largest score seen: grow with it
         out[above] = v[-1] * np.exp(x[above] - k[-1])
         return out
 
     def expected_error(self, spread: np.ndarray) -> np.ndarray:
-        """Expected error (Å) of each site's predicted position, same shape as spread."""
+        """Expected error (Å) of each atom's predicted position, (n_atoms,), from one
+        structure's spreads (n_atoms,) Å."""
         return self._interp(spread, self.mean)
 
     def bound90(self, spread: np.ndarray) -> np.ndarray:
-        """Error bound (Å) that 90 % of atoms stay below, same shape as spread."""
+        """Error bound (Å) that 90 % of atoms stay below, (n_atoms,), from one
+        structure's spreads (n_atoms,) Å."""
         return self._interp(spread, self.q90)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +112,9 @@ class Calibration:
             cal = cls(knots=tuple(map(float, d["knots"])), mean=tuple(map(float, d["mean"])),
                       q90=tuple(map(float, d["q90"])),
                       structure_threshold=float(d["structure_threshold"]),
-                      n_atoms=int(d.get("n_atoms", 0)))
+                      n_atoms=int(d.get("n_atoms", 0)),
+                      weights=tuple(map(float, d.get("weights", (1.0, 0.0, 0.0)))),
+                      size_range=tuple(map(int, d.get("size_range", (1, 1)))))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"bad uncertainty calibration in the checkpoint: {err}") from None
         arrays = [np.asarray(a) for a in (cal.knots, cal.mean, cal.q90)]
@@ -99,35 +123,70 @@ class Calibration:
                 or (np.diff(arrays[0]) <= 0).any()):
             raise ValueError("bad uncertainty calibration in the checkpoint: knots must "
                              "increase and all values be finite and non-negative")
+        if (len(cal.weights) != 3 or not np.isfinite(cal.weights).all()
+                or cal.weights[0] <= 0 or len(cal.size_range) != 2
+                or not 1 <= cal.size_range[0] <= cal.size_range[1]):
+            raise ValueError("bad uncertainty calibration in the checkpoint: the score "
+                             "needs three finite weights, the first positive, and a size "
+                             "range 1 <= smallest <= largest")
         return cal
 
 
-def fit_calibration(spread: np.ndarray, error: np.ndarray,
-                    structure_spreads: Sequence[np.ndarray] | None = None,
-                    n_bins: int = 20) -> Calibration:
-    """Fit a :class:`Calibration` on per-atom spreads and actual errors (Å).
+def _score(spread: np.ndarray, weights: Sequence[float], size_range: Sequence[int]
+           ) -> np.ndarray:
+    a, b, c = weights
+    s = np.maximum(spread, _FLOOR)
+    out = a * np.log(s)
+    if len(s) and (b or c):
+        n = min(max(len(s), size_range[0]), size_range[1])
+        out = out + (b * np.log(s.mean()) + c * np.log(n))
+    return out
 
-    Atoms are cut into ``n_bins`` equal-count bins of spread; each bin gives a knot (its
-    median spread), its mean error and its 90th-percentile error, made monotone in the
-    spread. ``structure_spreads`` (per-structure arrays of atom spreads) set the
-    structure-level threshold.
+
+def fit_calibration(spreads: Sequence[np.ndarray], errors: Sequence[np.ndarray],
+                    n_bins: int = 20, structure_terms: bool = True) -> Calibration:
+    """Fit a :class:`Calibration` on held-out structures: per structure, the atoms'
+    spreads and actual errors, (n_atoms,) Å each.
+
+    The score's weights are a least-squares fit of log(error) on log(spread), the log of
+    the structure's mean spread and of its atom count (with ``structure_terms`` False,
+    the score is log(spread) alone). Atoms are cut into ``n_bins`` equal-count bins of
+    score; each bin gives a knot (its median), its mean error and its 90th-percentile
+    error, made monotone in the score. The structure-level threshold is 1.5x the largest
+    mean expected error of a calibration structure.
     """
-    spread, error = np.asarray(spread, float).ravel(), np.asarray(error, float).ravel()
-    if len(spread) != len(error) or len(spread) < 2 * n_bins:
+    spreads = [np.asarray(x, float).ravel() for x in spreads]
+    errors = [np.asarray(x, float).ravel() for x in errors]
+    if len(spreads) != len(errors) or any(len(a) != len(b) for a, b in zip(spreads, errors)):
+        raise ValueError("spreads and errors must have one array per structure, of equal "
+                         "lengths")
+    spreads = [x for x in spreads if len(x)]
+    errors = [x for x in errors if len(x)]
+    spread, error = np.concatenate(spreads or [[]]), np.concatenate(errors or [[]])
+    if len(spread) < 2 * n_bins:
         raise ValueError(f"need at least {2 * n_bins} atoms with spreads and errors, "
-                         f"got {len(spread)} and {len(error)}")
-    order = np.argsort(spread, kind="stable")
+                         f"got {len(spread)}")
+    sizes = [len(x) for x in spreads]
+    size_range = (min(sizes), max(sizes))
+    weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    if structure_terms and len(set(sizes)) > 1 and len(spreads) >= 3:
+        design = np.concatenate([np.column_stack([
+            np.log(np.maximum(x, _FLOOR)), np.full(len(x), np.log(max(x.mean(), _FLOOR))),
+            np.full(len(x), np.log(len(x))), np.ones(len(x))]) for x in spreads])
+        w = np.linalg.lstsq(design, np.log(np.maximum(error, 1e-5)), rcond=None)[0]
+        if w[0] > 0:
+            weights = (float(w[0]), float(w[1]), float(w[2]))
+    score = np.concatenate([_score(x, weights, size_range) for x in spreads])
+    order = np.argsort(score, kind="stable")
     bins = np.array_split(order, n_bins)
-    knots = np.array([np.median(spread[b]) for b in bins])
+    knots = np.exp([np.median(score[b]) for b in bins])
     mean = np.maximum.accumulate([error[b].mean() for b in bins])
     q90 = np.maximum.accumulate([np.quantile(error[b], 0.9) for b in bins])
     keep = np.concatenate([[True], np.diff(knots) > 0])  # knots strictly increasing
-    knots, mean, q90 = knots[keep], mean[keep], q90[keep]
-    cal = Calibration(tuple(knots), tuple(mean), tuple(q90), float("inf"), len(spread))
-    if structure_spreads:
-        worst = max(float(cal.expected_error(s).mean()) for s in structure_spreads)
-        cal = Calibration(cal.knots, cal.mean, cal.q90, 1.5 * worst, len(spread))
-    return cal
+    cal = Calibration(tuple(knots[keep]), tuple(mean[keep]), tuple(q90[keep]),
+                      float("inf"), len(spread), weights, size_range)
+    worst = max(float(cal.expected_error(x).mean()) for x in spreads)
+    return replace(cal, structure_threshold=1.5 * worst)
 
 
 def calibrations_from_metadata(meta: Mapping[str, Any]) -> dict[int, Calibration]:

@@ -133,8 +133,11 @@ def iter_pairs(paths: list[str | Path], converged_only: bool = True,
                **selection: Any) -> Iterator[Pair]:
     """Yield pairs from one or more ``ase.db`` files, e.g. ``split="train"``; with
     ``converged_only`` the pairs whose teacher relaxation did not converge are skipped,
-    and how many is logged per file."""
+    and how many is logged per file. A path that is not a file raises
+    FileNotFoundError (nothing is created)."""
     for path in paths:
+        if not Path(path).is_file():  # ase.db would create an empty database there
+            raise FileNotFoundError(f"{path}: no such pair file")
         with connect(path) as db:
             where = selection
             if converged_only:

@@ -72,9 +72,8 @@ def fit_all(records: list[StructureRecord]) -> dict[int, Calibration]:
     """One calibration per number of stages, on the records' atoms."""
     out = {}
     for s in records[0].spread:
-        out[s] = fit_calibration(np.concatenate([r.spread[s] for r in records]),
-                                 np.concatenate([r.error[s] for r in records]),
-                                 [r.spread[s] for r in records])
+        out[s] = fit_calibration([r.spread[s] for r in records],
+                                 [r.error[s] for r in records])
     return out
 
 
@@ -99,17 +98,30 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b)[0]) if len(a) > 2 else float("nan")
 
 
+def size_class(info: dict[str, Any]) -> str | None:
+    """The supercell-size class of a pair from its ``supercell`` record ("7x9"): by the
+    number of unit cells, ``<=36`` (up to 6x6), ``37-64`` (up to 8x8) or ``>64``;
+    None for pairs that do not record it."""
+    sc = info.get("supercell")
+    if not sc:
+        return None
+    nx, ny = (int(v) for v in str(sc).split("x")[:2])
+    return "<=36" if nx * ny <= 36 else ("37-64" if nx * ny <= 64 else ">64")
+
+
 def uncertainty_report(records: list[StructureRecord], cal: Calibration, stages: int,
-                       group_keys: tuple[str, ...] = ("material", "density", "axis")
+                       group_keys: tuple[str, ...] = ("material", "density", "axis", "cells")
                        ) -> list[dict[str, Any]]:
-    """Per group (overall, then each value of ``group_keys``): Spearman between
-    predicted and actual per-atom error, and between per-structure mean uncertainty and
-    MAE; the fraction of atoms below the 90 % bound; atoms and structures counted."""
+    """Per group (overall, then each value of ``group_keys``; ``cells`` is
+    :func:`size_class`): Spearman between predicted and actual per-atom error, and
+    between per-structure mean uncertainty and MAE; the fraction of atoms below the 90 %
+    bound; atoms and structures counted."""
     groups: dict[str, list[StructureRecord]] = {"overall": records}
     for key in group_keys:
         for r in records:
-            if key in r.info:
-                groups.setdefault(f"{key}={r.info[key]}", []).append(r)
+            value = size_class(r.info) if key == "cells" else r.info.get(key)
+            if value is not None:
+                groups.setdefault(f"{key}={value}", []).append(r)
     rows = []
     for name, recs in groups.items():
         u = [cal.expected_error(r.spread[stages]) for r in recs]
@@ -138,9 +150,11 @@ def format_report(rows: list[dict[str, Any]]) -> str:
 
 def calibrate_checkpoint(weights: str, data: list[str], out: str, split: str = "val",
                          train_split: str = "train", batch_size: int = 8,
-                         progress: bool = True) -> tuple[dict[int, Calibration], Domain]:
-    """Fit the calibrations on ``split`` and the domain on ``train_split`` of ``data``,
-    and write the checkpoint ``weights`` with both in its metadata to ``out`` (atomically;
+                         progress: bool = True, domain_data: list[str] | None = None
+                         ) -> tuple[dict[int, Calibration], Domain]:
+    """Fit the calibrations on ``split`` of ``data`` and the domain on ``train_split`` of
+    ``domain_data`` (default ``data``: it must be what the weights were trained on), and
+    write the checkpoint ``weights`` with both in its metadata to ``out`` (atomically;
     ``out`` may be the input file; the tensors are unchanged)."""
     from ..core.checkpoint import load_checkpoint, save_checkpoint
     from ..data.store import iter_pairs
@@ -154,10 +168,11 @@ def calibrate_checkpoint(weights: str, data: list[str], out: str, split: str = "
         raise ValueError(f"only {len(held)} pair(s) in the {split!r} split of {data}: too "
                          "few to calibrate on (need 5 or more)")
     cals = fit_all(collect(model, held, batch_size, progress))
-    dom = training_domain(iter_pairs(files, split=train_split))
+    domain_data = data if domain_data is None else domain_data
+    dom = training_domain(iter_pairs(expand_paths(domain_data), split=train_split))
     if not dom.distances:
-        raise ValueError(f"no pairs in the {train_split!r} split of {data} to take the "
-                         "training domain from")
+        raise ValueError(f"no pairs in the {train_split!r} split of {domain_data} to take "
+                         "the training domain from")
     meta = {**meta, "uncertainty": {str(s): c.to_dict() for s, c in cals.items()},
             "domain": dom.to_dict()}
     save_checkpoint(model, out, meta)
@@ -175,6 +190,9 @@ def add_command(sub) -> None:
                    "(default: %(default)s)")
     c.add_argument("--train-split", default="train", help="split whose hosts and defect "
                    "kinds are the training domain (default: %(default)s)")
+    c.add_argument("--domain-data", nargs="+", default=None,
+                   help="pair files the weights were trained on, for the domain (default: "
+                   "--data; give it when --data holds pairs of other kinds for the fit)")
     c.add_argument("-o", "--out", required=True,
                    help="output .safetensors (the input path updates it in place)")
     c.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
@@ -183,10 +201,14 @@ def add_command(sub) -> None:
 
 def cmd_calibrate(args) -> int:
     cals, dom = calibrate_checkpoint(args.weights, args.data, args.out, args.split,
-                                     args.train_split, args.batch_size)
+                                     args.train_split, args.batch_size,
+                                     domain_data=args.domain_data)
     for s, c in sorted(cals.items()):
+        a, b, w = c.weights
         print(f"stages={s}: {c.n_atoms} atoms, expected error {c.mean[0]:.4f}-"
-              f"{c.mean[-1]:.4f} Å, structure threshold {c.structure_threshold:.4f} Å")
+              f"{c.mean[-1]:.4f} Å, structure threshold {c.structure_threshold:.4f} Å, "
+              f"score {a:.3f} log spread + {b:.3f} log mean spread + {w:.3f} log atoms "
+              f"({c.size_range[0]}-{c.size_range[1]})")
     print(f"domain: {len(dom.distances)} element pairs, defect kinds "
           f"{', '.join(sorted(dom.defect_kinds))}")
     print(f"wrote {args.out}")
