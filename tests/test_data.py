@@ -317,6 +317,6 @@ def test_unconverged_pairs_are_skipped_and_counted(tmp_path, caplog):
 
 def test_reading_a_missing_pair_file_is_an_error_and_creates_nothing(tmp_path):
     missing = tmp_path / "MoS2_000.db"
-    with pytest.raises(FileNotFoundError, match="MoS2_000.db: no such pair file"):
+    with pytest.raises(FileNotFoundError, match=r"MoS2_000\.db: no such pair file"):
         next(iter_pairs([missing]))
     assert not missing.exists()

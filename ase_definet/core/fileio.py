@@ -7,8 +7,9 @@ file of that name stays as it was.
         tmp.write_text(...)
 
 The file written has the mode of the file it replaces, or else the usual mode of a new
-file (``0o666`` less the umask, not mkstemp's ``0o600``); the temporary file has a hidden name in the target's folder (the rename stays on one file
-system) and the target's suffix (for writers that pick a format by it).
+file (``0o666`` less the umask, not mkstemp's ``0o600``). The temporary file has a
+hidden name in the target's folder (the rename stays on one file system) and the
+target's suffix (for writers that pick a format by it).
 """
 
 from __future__ import annotations
