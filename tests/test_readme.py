@@ -73,7 +73,7 @@ def check_outputs(tmp_path: Path, test_runs: list[list]) -> None:
     assert (tmp_path / "ft" / "best.md").read_text().startswith("# Model card")
     # evaluate: all 2 test runs (they carry no split); its Dummy is the runs' own mean
     # displacement from first to last ionic step
-    with open(tmp_path / "evaluation.csv") as fh:
+    with open(tmp_path / "ft" / "evaluation.csv") as fh:
         rows = {r["group"]: r for r in csv.DictReader(fh)}
     moved = np.concatenate([find_mic(f[-1].positions - f[0].positions, f[0].cell, True)[1]
                             for f in test_runs])

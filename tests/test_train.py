@@ -129,7 +129,7 @@ def test_distance_to_defects_is_periodic():
     assert np.allclose(near, ref)
 
 
-def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
+def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys, monkeypatch):
     host = small_host(3)
     pairs = synthetic_pairs(10)
     frames = []
@@ -168,6 +168,12 @@ def test_extxyz_pairs_and_cli_train_evaluate(tmp_path, capsys):
                                                    axis=1) for p in pairs]))
     assert float(overall["mae_dummy_all"]) == pytest.approx(dummy, rel=1e-4)
     assert (tmp_path / "ev" / "evaluation.png").stat().st_size > 10_000
+    monkeypatch.chdir(tmp_path / "ev")  # without --out-dir: the table only, no files
+    before = sorted(p.name for p in (tmp_path / "ev").iterdir())
+    assert cli(["evaluate", "--model", str(tmp_path / "ft" / "best.safetensors"), "--data",
+                str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif")]) == 0
+    assert "overall" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == before
     rc = cli(["card", str(tmp_path / "ft" / "best.safetensors"), "--data",
               str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif")])
     assert rc == 0

@@ -130,7 +130,8 @@ def add_commands(sub) -> None:
     e.add_argument("--cold", action="store_true",
                    help="only pairs relaxed from the unrelaxed structure, none warm-started "
                    "from a model's prediction (an unbiased test of that model)")
-    e.add_argument("--out-dir", default=".", help="folder for the CSV and the PNG")
+    e.add_argument("--out-dir", default=None, help="also write the table as CSV and a "
+                   "parity plot as PNG into this folder (default: print the table only)")
     e.add_argument("--name", default="evaluation", help="file name stem of the CSV/PNG")
     e.add_argument("--device")
     e.add_argument("--batch-size", type=int, default=16)
@@ -311,6 +312,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"coordinate MAE [Å] of {args.model} on {len(ds)} pairs ({args.split}); "
           "'dummy' = the unrelaxed input")
     print(format_table(acc))
+    if args.out_dir is None:
+        return 0
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(acc, out / f"{args.name}.csv")

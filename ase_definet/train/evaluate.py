@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.fileio import atomic_path, atomic_write
 from ..core.predict import iter_layer_outputs
 from ..data.store import is_cold
 from ..model import DefiNet
@@ -91,7 +92,7 @@ def format_table(acc: ErrorAccumulator) -> str:
 
 def write_csv(acc: ErrorAccumulator, path: str | Path) -> None:
     cols = REGIONS + [f"dummy_{r}" for r in REGIONS]
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["group", "n_atoms"] + [f"mae_{c}" for c in cols]
                    + ["n_structures", "n_worse_than_input"])
@@ -125,7 +126,7 @@ def plot_parity(arrays: dict[str, np.ndarray], path: str | Path, title: str = ""
     b.legend(markerscale=4)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130))
 
 
 def evaluate_split_from_cli(description: str, argv: list[str] | None, split: str = "val"
