@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from ase_definet import DefiNetRelaxer
+from ase_definet.core.fileio import atomic_write
 from ase_definet.data.store import is_cold, iter_pairs
 from ase_definet.train.calibrate import size_class
 from ase_definet.train.dataset import expand_paths
@@ -97,15 +100,15 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"only {len(pairs)} cold pair(s) in {args.data} ({args.split})")
     rng = np.random.default_rng(args.seed)
     rows = [relax_one(q, args.weights, rng) for q in tqdm(pairs, desc="relaxing", unit="pair")]
-    text = (f"# python benchmarks/uncertainty_user_path.py --data "
-            f"{' '.join(repr(d) for d in args.data)} --split {args.split} --weights "
-            f"{args.weights} --seed {args.seed}"
-            f"{f' --limit {args.limit}' if args.limit else ''}\n"
-            f"# {len(rows)} structures, each permuted and shifted before "
-            "DefiNetRelaxer(atoms, pristine=host).run()\n" + report(rows) + "\n")
+    command = ["python", "benchmarks/uncertainty_user_path.py", "--data", *args.data,
+               "--split", args.split, "--weights", args.weights, "--seed", str(args.seed),
+               *(["--limit", str(args.limit)] if args.limit else [])]
+    text = "\n".join([f"# {shlex.join(command)}",
+                      f"# {len(rows)} structures, each permuted and shifted before "
+                      "DefiNetRelaxer(atoms, pristine=host).run()", report(rows)]) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    atomic_write(args.out, lambda tmp: tmp.write_text(text))
+    sys.stdout.write(text)
     return text
 
 

@@ -220,3 +220,40 @@ def test_floor_counts(ckpt, capsys):
     assert res["matmul_gflop"] * 1e9 >= 2 * 2 * res["edges"] * 16 * 16
     assert res["floor_ms"] > 0 and res["today_ms"] > 0 and res["moved_mb"] > res["weights_mb"]
     assert "floor" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:An input array is constant")  # the zero model's spread
+def test_uncertainty_user_path_errors_follow_the_permuted_shifted_atoms(tmp_path):
+    from dataclasses import replace
+
+    from ase.db import connect
+
+    from ase_definet.core.defects import DefectSpec
+    from ase_definet.core.hosts import get_host
+    from ase_definet.data.store import Pair, iter_pairs, write_pair
+
+    host = replace(get_host("MoS2"), supercell=(3, 3, 1)).pristine()
+    rng = np.random.default_rng(0)
+    with connect(tmp_path / "p.db") as db:
+        for i in range(4):
+            spec = DefectSpec(vacancies=(1 + 2 * i,), substitutions={4 + 3 * i: "W"})
+            unrelaxed = spec.apply(host)
+            relaxed = unrelaxed.positions + rng.normal(0, 0.05, unrelaxed.positions.shape)
+            write_pair(db, Pair(unrelaxed, relaxed, host, spec,
+                                {"config_id": f"m-{i}", "converged": True, "split": "test",
+                                 "material": "MoS2", "supercell": "3x3"}))
+    # a model that predicts no displacement: the error is the input's own displacement
+    zero = str(save_checkpoint(tiny_model(displacement_init=0.0), tmp_path / "z.safetensors"))
+    bench = load(ROOT / "benchmarks" / "uncertainty_user_path.py")
+    pair = next(iter_pairs([tmp_path / "p.db"]))
+    row = bench.relax_one(pair, zero, np.random.default_rng(1))
+    moved = np.linalg.norm(pair.relaxed_positions - pair.unrelaxed.positions, axis=1)
+    assert row["e"].shape == row["u"].shape == (len(pair.unrelaxed),)
+    assert np.sort(row["e"]) == pytest.approx(np.sort(moved), abs=1e-5)
+    assert not np.allclose(row["e"], moved)  # really permuted
+    text = bench.main(["--data", str(tmp_path / "p.db"), "--weights", zero,
+                       "--out", str(tmp_path / "u.txt")])
+    assert (tmp_path / "u.txt").read_text() == text
+    overall = next(line for line in text.splitlines() if line.startswith("overall"))
+    assert overall.split()[1:3] == ["4", str(4 * (len(host) - 1))]
+    assert "cells=<=36" in text and "material=MoS2" in text
