@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate_parser(sub.add_parser("generate", help="label defect pairs with a teacher"))
     sub.choices["generate"].set_defaults(func=_run_generate)
+    from .data.relabel import add_command as add_relabel
+
+    add_relabel(sub)
     pl = sub.add_parser("plot", help="draw the predicted displacement (or error) field")
     _add_structure_args(pl)
     pl.add_argument("--reference", action=_Once,

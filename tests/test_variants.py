@@ -13,7 +13,7 @@ from ase.db import connect
 
 from ase_definet.core.hosts import Host, get_host, host_names, register_host
 from ase_definet.data import generate
-from ase_definet.data.batchfiles import PlanConflict
+from ase_definet.data.batchfiles import BatchLock, PlanConflict
 from ase_definet.data.configs import high_density_configs, low_density_configs
 from ase_definet.data.variants import (
     PBE_LATTICE,
@@ -246,6 +246,11 @@ def test_warm_started_labels_record_how_they_were_made(tmp_path):
         at.calc = EMT()
         assert at.get_potential_energy() == pytest.approx(r.energy, abs=1e-6)
         assert r.converged and r.final_fmax < 0.05
+    # --warm-materials: hosts left out of the warm start are labelled cold
+    generate.run(tmp_path / "d2", tmp_path / "p2", batches, teacher="emt", fmax=0.05,
+                 steps=300, warm_start=str(weights), warm_materials=("MoS2",))
+    with connect(tmp_path / "d2" / "CuTest_strain_low_000.db") as db:
+        assert {r.label_start for r in db.select()} == {"unrelaxed"}
 
 
 def test_splits_first_labels_only_those_and_the_batch_completes_later(tmp_path):
@@ -265,3 +270,54 @@ def test_splits_first_labels_only_those_and_the_batch_completes_later(tmp_path):
     generate.run(out, part, batches, teacher="emt", fmax=0.05, steps=300)
     assert sorted(_all_ids(out)) == sorted(planned)  # each exactly once, batch moved
     assert not list(part.glob("*.db"))
+
+
+def test_relabel_makes_warm_started_pairs_cold_and_copies_the_rest(tmp_path):
+    from ase_definet.core.checkpoint import save_checkpoint
+    from ase_definet.data.label import relax_fixed_cell
+    from ase_definet.data.relabel import relabel_file
+    from ase_definet.data.store import iter_pairs
+    from ase_definet.data.teacher import teacher_version
+
+    from .conftest import tiny_model
+
+    cu_host()
+    weights = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(displacement_init=0.05), weights)
+    batches = generate.plan_jobs(["CuTest"], 0, 0, batch_size=10,
+                                 counts={("strain", "low"): 10})
+    generate.run(tmp_path / "d", tmp_path / "p", batches, teacher="emt", fmax=0.05,
+                 steps=300, warm_start=str(weights))
+    path = tmp_path / "d" / "CuTest_strain_low_000.db"
+    before = {p.info["config_id"]: p for p in iter_pairs([path])}
+    warm = {k for k, p in before.items() if p.info["label_start"] == "prediction"}
+    assert warm and set(before) - warm
+    # a generator holding the batch lock: the file is left alone
+    lock = BatchLock(path.with_name(f"{path.name}.batch-lock"))
+    assert lock.acquire()
+    assert relabel_file(path, EMT(), teacher_version("emt"), progress=False) == -1
+    lock.release()
+    with pytest.raises(ValueError, match="not by 'CHGNet'"):  # the wrong teacher
+        relabel_file(path, EMT(), "CHGNet", progress=False)
+    assert {p.info["config_id"]: p.info for p in iter_pairs([path])} == {
+        k: p.info for k, p in before.items()}  # unchanged after the failure
+    assert relabel_file(path, EMT(), teacher_version("emt"), ["Other"], progress=False) == 0
+    assert relabel_file(path, EMT(), teacher_version("emt"), progress=False) == len(warm)
+    after = {p.info["config_id"]: p for p in iter_pairs([path])}
+    assert list(after) == list(before)  # every pair, in order
+    for k, p in after.items():
+        old = before[k]
+        assert p.info["label_start"] == "unrelaxed" and "start_model" not in p.info
+        assert np.array_equal(p.unrelaxed.positions, old.unrelaxed.positions)
+        if k in warm:
+            cold = relax_fixed_cell(old.unrelaxed, EMT(), fmax=0.05, steps=1000)
+            assert np.allclose(p.relaxed_positions, cold.positions, atol=1e-8)
+            assert p.info["relabelled"].startswith("cold; first warm-started from ")
+            assert p.info["steps"] == cold.steps
+        else:
+            assert p.info == old.info
+            assert np.array_equal(p.relaxed_positions, old.relaxed_positions)
+    assert relabel_file(path, EMT(), teacher_version("emt"), progress=False) == 0
+    from ase_definet.cli import main as cli
+
+    assert cli(["relabel", str(path), "--teacher", "emt"]) == 0  # nothing left to do

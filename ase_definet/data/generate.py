@@ -131,11 +131,12 @@ def _batches(host, configs: list[DefectConfig], axis: str, seed: int,
 
 
 _CALC = None
-_WARM: tuple | None = None  # (model, its name, densities) when labels start warm
+_WARM: tuple | None = None  # (model, its name, densities, materials) when labels start warm
 
 
 def _init_worker(teacher: str, threads: int, device: str = "cpu",
-                 warm: tuple[str, tuple[str, ...]] | None = None) -> None:
+                 warm: tuple[str, tuple[str, ...], tuple[str, ...] | None] | None = None
+                 ) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -146,9 +147,10 @@ def _init_worker(teacher: str, threads: int, device: str = "cpu",
     if warm:
         from ..core.checkpoint import get_model, stored_checksum
 
-        name, densities = warm
+        name, densities, materials = warm
         model = get_model(name, "cpu")  # validated and checksummed on load
-        _WARM = (model, f"{name} sha256:{stored_checksum(name)[:12]}", tuple(densities))
+        _WARM = (model, f"{name} sha256:{stored_checksum(name)[:12]}", tuple(densities),
+                 None if materials is None else tuple(materials))
 
 
 _UNIT_CELLS: dict[tuple, Atoms] = {}  # per worker: relaxed strained unit cells
@@ -176,7 +178,8 @@ def _label(args) -> tuple[Job, Pair]:
     start = {"label_start": "unrelaxed"}
     # only training pairs start warm: val and test labels stay independent of the start
     # model, so evaluating that model on them is not biased towards its own prediction
-    if _WARM and job.config.density in _WARM[2] and job.split == "train":
+    if (_WARM and job.config.density in _WARM[2] and job.split == "train"
+            and (_WARM[3] is None or job.config.material in _WARM[3])):
         guess = predicted_start(_WARM[0], pristine, job.config.spec)
         res = relax_from(unrelaxed, guess, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
         start = {"label_start": "prediction", "start_model": _WARM[1]}
@@ -199,7 +202,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
         teacher: str = "chgnet", device: str = "cpu",
         identity: dict[str, Any] | None = None,
         warm_start: str | None = None, warm_densities: tuple[str, ...] = ("low",),
-        splits: tuple[str, ...] | None = None) -> None:
+        splits: tuple[str, ...] | None = None,
+        warm_materials: tuple[str, ...] | None = None) -> None:
     """Label every planned pair not yet in a batch file; see the module docstring.
 
     ``workers`` processes with ``threads`` torch threads each run the teacher on
@@ -207,7 +211,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
     are locked while being labelled (:mod:`.batchfiles`), so concurrent runs of one plan
     share the work; ``identity`` (seed, batch size, ...) is checked against the one
     stored in ``out``, together with the teacher settings. With ``warm_start`` (weights),
-    training pairs of ``warm_densities`` are relaxed from that model's prediction.
+    training pairs of ``warm_densities`` (and of ``warm_materials``, default all) are
+    relaxed from that model's prediction.
     With ``splits`` (e.g. ``("test", "val")``) only those pairs are labelled: their batches
     stay in ``partial_dir`` until a run without ``splits`` labels the rest.
     """
@@ -216,7 +221,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
     check_identity(out, {**(identity or {}), "teacher": teacher, "fmax": fmax,
                          "steps": steps, "optimizer": optimizer})
     labeller = _Labeller(workers, threads, teacher, device, (fmax, steps, optimizer),
-                         (warm_start, tuple(warm_densities)) if warm_start else None)
+                         (warm_start, tuple(warm_densities), warm_materials)
+                         if warm_start else None)
     # (batch, its lock, the jobs to label, whether the batch is whole once they are)
     group: list[tuple[list[Job], BatchLock, list[Job], bool]] = []
     n_total = n_conv = busy = 0
@@ -265,7 +271,8 @@ class _Labeller:
 
     def __init__(self, workers: int, threads: int, teacher: str, device: str,
                  criterion: tuple[float, int, str],
-                 warm: tuple[str, tuple[str, ...]] | None = None) -> None:
+                 warm: tuple[str, tuple[str, ...], tuple[str, ...] | None] | None = None
+                 ) -> None:
         self.workers, self.threads, self.teacher, self.device = workers, threads, teacher, device
         self.criterion, self.warm = criterion, warm
         self._pool = None
@@ -381,6 +388,10 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    "label_start and start_model; see benchmarks/warm_start.py)")
     p.add_argument("--warm-densities", nargs="+", default=["low"], choices=("low", "high"),
                    help="densities labelled from the warm start (default: %(default)s)")
+    p.add_argument("--warm-materials", nargs="+", default=None, metavar="HOST",
+                   help="hosts labelled from the warm start (default: all); where the "
+                   "warm and the cold labels differ beyond the label noise (soft hosts), "
+                   "leave them out")
     p.add_argument("--splits", nargs="+", default=None, choices=("train", "val", "test"),
                    help="label only the pairs of these splits (e.g. test val, to evaluate "
                    "an axis early); their batches stay partial until a run without it")
@@ -406,7 +417,8 @@ def run_from_args(args: argparse.Namespace) -> None:
         threads=args.threads, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
         teacher=args.teacher, device=args.device, identity=identity,
         warm_start=args.warm_start, warm_densities=tuple(args.warm_densities),
-        splits=tuple(args.splits) if args.splits else None)
+        splits=tuple(args.splits) if args.splits else None,
+        warm_materials=tuple(args.warm_materials) if args.warm_materials else None)
 
 
 if __name__ == "__main__":
