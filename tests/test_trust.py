@@ -179,6 +179,33 @@ def test_no_warning_in_range_warnings_for_strain_chemistry_and_antisites(host):
                        check_range=False)
 
 
+def _plane(angle_deg: float, a: float = 2.5, n: int = 6):
+    """A one-element 2D lattice of spacing ``a`` at ``angle_deg`` between its vectors:
+    the same nearest-neighbour distance at any angle from 60 to 90 degrees."""
+    from ase import Atoms
+
+    t = np.radians(angle_deg)
+    cell = [[a, 0, 0], [a * np.cos(t), a * np.sin(t), 0], [0, 0, 15.0]]
+    return Atoms("C", positions=[[0, 0, 7.5]], cell=cell, pbc=True).repeat((n, n, 1))
+
+
+def test_shells_flag_a_lattice_with_the_same_bonds_at_other_angles():
+    from ase_definet.core.domain import host_shells
+
+    square, sheared = _plane(90.0), _plane(80.0)
+    dom = Domain()
+    dom.add_host(square)
+    assert host_distances(sheared)["C-C"] == pytest.approx(host_distances(square)["C-C"])
+    assert dom.reasons(square, []) == []
+    (why,) = dom.reasons(sheared, [])
+    assert why.startswith("neighbour shells outside the trained range") and "C>C" in why
+    assert host_shells(square)["C>C"][:5] == pytest.approx([2.5] * 4 + [2.5 * 2 ** 0.5])
+    # a domain recorded before the shells (no "shells" key) does not check them
+    old = {k: v for k, v in dom.to_dict().items() if not k.startswith("shell")}
+    assert Domain.from_dict(old).reasons(sheared, []) == []
+    assert Domain.from_dict(dom.to_dict()) == dom
+
+
 def test_host_distances_of_mos2():
     d = host_distances(small_host(3))
     assert d["Mo-S"] == pytest.approx(2.41, abs=0.02) and d["Mo-Mo"] == pytest.approx(3.19)
