@@ -65,3 +65,19 @@ def test_cold_only_drops_warm_started_labels(rng):
     ds = PairDataset.from_pairs(pairs, model.cutoff, model.max_neighbors, progress=False)
     kept = cold_only(ds)
     assert [s.info["config_id"] for s in kept.samples] == ["strain-1", "strain-2"]
+
+
+def test_evaluate_scores_the_first_stages_on_request(rng):
+    import pytest
+
+    model = tiny_model(refine=2, displacement_init=0.1).eval()
+    ds = PairDataset.from_pairs(_pairs(rng, "strain"), model.cutoff, model.max_neighbors,
+                                progress=False)
+    full, _ = evaluate_model(model, ds)
+    last, _ = evaluate_model(model, ds, stages=3)
+    first, _ = evaluate_model(model, ds, stages=1)
+    assert last.mae("overall", "all") == full.mae("overall", "all")
+    assert first.mae("overall", "all") != full.mae("overall", "all")
+    assert first.mae("overall", "dummy_all") == full.mae("overall", "dummy_all")
+    with pytest.raises(ValueError, match="from 1 to 3"):
+        evaluate_model(model, ds, stages=4)

@@ -135,6 +135,8 @@ def add_commands(sub) -> None:
     e.add_argument("--name", default="evaluation", help="file name stem of the CSV/PNG")
     e.add_argument("--device")
     e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--stages", type=int, default=None,
+                   help="score the prediction after the first this many stages (default all)")
     e.set_defaults(func=cmd_evaluate)
     c = sub.add_parser("card", help="(re)write a checkpoint's model card with test metrics")
     c.add_argument("checkpoint", help="a .safetensors checkpoint")
@@ -308,8 +310,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(ds) == 0:
         raise ValueError(f"no pairs in split {args.split!r}")
     dev = next(model.parameters()).device
-    acc, arrays = evaluate_model(model, ds, args.batch_size, dev, progress=True, collect=True)
-    print(f"coordinate MAE [Å] of {args.model} on {len(ds)} pairs ({args.split}); "
+    acc, arrays = evaluate_model(model, ds, args.batch_size, dev, progress=True, collect=True,
+                                 stages=args.stages)
+    ran = "" if args.stages is None else f", first {args.stages} stage(s)"
+    print(f"coordinate MAE [Å] of {args.model}{ran} on {len(ds)} pairs ({args.split}); "
           "'dummy' = the unrelaxed input")
     print(format_table(acc))
     if args.out_dir is None:

@@ -27,9 +27,11 @@ REGIONS = ["all"] + [f"A{int(r)}" for r in RADII]
 
 def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
                    device: torch.device | str | None = None, progress: bool = False,
-                   collect: bool = False) -> tuple[ErrorAccumulator, dict[str, np.ndarray]]:
+                   collect: bool = False, stages: int | None = None
+                   ) -> tuple[ErrorAccumulator, dict[str, np.ndarray]]:
     """Per-atom errors of ``model`` (regions ``all``, ``A3``..) and of the Dummy baseline
-    (``dummy_all``, ``dummy_A3``..) over the atoms (not vacancies) of ``dataset``.
+    (``dummy_all``, ``dummy_A3``..) over the atoms (not vacancies) of ``dataset``;
+    ``stages`` scores the prediction after the first this many stages (default all).
 
     With ``collect``, also returns the arrays needed for plots: true and predicted
     displacements (n, 3) Å and the distance of each atom to the nearest defect.
@@ -41,7 +43,7 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
     batches = tqdm(iter_batches(dataset, batch_size, shuffle=False), disable=not progress,
                    total=-(-len(dataset) // batch_size), desc="evaluating", unit="batch")
     k = 0
-    with closing(iter_layer_outputs(model, batches, device=device)) as outputs:
+    with closing(iter_layer_outputs(model, batches, device=device, stages=stages)) as outputs:
         for batch, out in outputs:
             pred = out.layers[-1].double().cpu().numpy()
             start = batch.graph.positions.double().numpy()
