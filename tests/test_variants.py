@@ -292,6 +292,9 @@ def test_relabel_makes_warm_started_pairs_cold_and_copies_the_rest(tmp_path):
     before = {p.info["config_id"]: p for p in iter_pairs([path])}
     warm = {k for k, p in before.items() if p.info["label_start"] == "prediction"}
     assert warm and set(before) - warm
+    from ase_definet.data.summary import summarize
+
+    assert summarize([path]).splitlines()[-1].split()[-1] == str(len(warm))  # warm count
     # a generator holding the batch lock: the file is left alone
     lock = BatchLock(path.with_name(f"{path.name}.batch-lock"))
     assert lock.acquire()
@@ -318,6 +321,7 @@ def test_relabel_makes_warm_started_pairs_cold_and_copies_the_rest(tmp_path):
             assert p.info == old.info
             assert np.array_equal(p.relaxed_positions, old.relaxed_positions)
     assert relabel_file(path, EMT(), teacher_version("emt"), progress=False) == 0
+    assert summarize([path]).splitlines()[-1].split()[-1] == "0"
     from ase_definet.cli import main as cli
 
     assert cli(["relabel", str(path), "--teacher", "emt"]) == 0  # nothing left to do
