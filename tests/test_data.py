@@ -215,7 +215,7 @@ def test_generate_and_summary_cli(tmp_path, capsys):
     capsys.readouterr()
     assert cli(["summary", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
-    assert "CuTest" in out and out.strip().splitlines()[-1].split()[-2] == "5"
+    assert "CuTest" in out and out.strip().splitlines()[-1].split()[1:5] == ["3", "1", "1", "5"]
     assert cli(["generate", "--materials", "Nope", "--out", str(tmp_path / "x")]) == 2
 
 
