@@ -162,7 +162,7 @@ def test_pairs_command_writes_the_pair_schema(tmp_path, runs, monkeypatch, capsy
     assert len(list(iter_pairs([tmp_path / "pairs.db"]))) == 6
     capsys.readouterr()
     assert cli(["summary", "pairs.db"]) == 0  # runs carry no density
-    assert capsys.readouterr().out.splitlines()[-1].split() == ["all", "4", "2", "0", "6", "0"]
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["all", "4", "2", "0", "6", "0", "0"]
 
 
 @pytest.mark.parametrize("kind", ["vasp", "traj"])
