@@ -218,18 +218,26 @@ def test_complete_is_read_from_the_file_and_larger_plans_extend(tmp_path):
         assert db.count() == 4
 
 
-def test_warm_started_labels_record_how_they_were_made(tmp_path):
+def _warm_started(tmp_path, n_high: int = 0, displacement: float = 0.01):
+    """Label a Cu plan (``n_high`` high-density, 10 strained low-density configurations)
+    with EMT, low-density training pairs warm-started from a tiny model; returns
+    (weights path, batches)."""
     from ase_definet.core.checkpoint import save_checkpoint
 
     from .conftest import tiny_model
 
     cu_host()
     weights = tmp_path / "tiny.safetensors"
-    save_checkpoint(tiny_model(displacement_init=0.01), weights)
-    batches = generate.plan_jobs(["CuTest"], 1, 0, batch_size=10,
+    save_checkpoint(tiny_model(displacement_init=displacement), weights)
+    batches = generate.plan_jobs(["CuTest"], n_high, 0, batch_size=10,
                                  counts={("strain", "low"): 10})
     generate.run(tmp_path / "d", tmp_path / "p", batches, teacher="emt", fmax=0.05,
                  steps=300, warm_start=str(weights), warm_densities=("low",))
+    return weights, batches
+
+
+def test_warm_started_labels_record_how_they_were_made(tmp_path):
+    weights, batches = _warm_started(tmp_path, n_high=1)
     with connect(tmp_path / "d" / "CuTest_strain_low_000.db") as db:
         warm = list(db.select())
     assert "train" in {r.split for r in warm} and {r.split for r in warm} - {"train"}
@@ -273,21 +281,12 @@ def test_splits_first_labels_only_those_and_the_batch_completes_later(tmp_path):
 
 
 def test_relabel_makes_warm_started_pairs_cold_and_copies_the_rest(tmp_path):
-    from ase_definet.core.checkpoint import save_checkpoint
     from ase_definet.data.label import relax_fixed_cell
     from ase_definet.data.relabel import relabel_file
     from ase_definet.data.store import iter_pairs
     from ase_definet.data.teacher import teacher_version
 
-    from .conftest import tiny_model
-
-    cu_host()
-    weights = tmp_path / "tiny.safetensors"
-    save_checkpoint(tiny_model(displacement_init=0.05), weights)
-    batches = generate.plan_jobs(["CuTest"], 0, 0, batch_size=10,
-                                 counts={("strain", "low"): 10})
-    generate.run(tmp_path / "d", tmp_path / "p", batches, teacher="emt", fmax=0.05,
-                 steps=300, warm_start=str(weights))
+    _warm_started(tmp_path, displacement=0.05)
     path = tmp_path / "d" / "CuTest_strain_low_000.db"
     before = {p.info["config_id"]: p for p in iter_pairs([path])}
     warm = {k for k, p in before.items() if p.info["label_start"] == "prediction"}
