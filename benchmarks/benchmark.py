@@ -38,6 +38,7 @@ import torch
 
 from ase_definet import DefectStructure, DefiNetRelaxer, get_model
 from ase_definet.batch import relax_many
+from ase_definet.core.fileio import atomic_path
 from ase_definet.core.hosts import get_host
 from ase_definet.core.predict import compiled, predict_sites
 from ase_definet.data.configs import high_density_configs
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--stages", type=int, help="run only the first STAGES refinement stages "
                    "of the weights (default all)")
     p.add_argument("--teacher-sizes", type=int, nargs="+", default=[8, 16])
-    p.add_argument("--csv", default="benchmark.csv")
+    p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -201,13 +202,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['peak_mb']:9.0f}{teacher}")
     print(f"batched 8x8 throughput: {tput:.1f} structures/s (batch {args.batch_size}, "
           f"{args.throughput_structures} structures)")
-    keys = list(dict.fromkeys(k for r in rows for k in r))  # first-seen order
-    with open(args.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys + ["throughput_8x8_per_s"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "throughput_8x8_per_s": tput})
-    print(f"wrote {args.csv}")
+    if args.csv:
+        keys = list(dict.fromkeys(k for r in rows for k in r))  # first-seen order
+        with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys + ["throughput_8x8_per_s"])
+            w.writeheader()
+            for r in rows:
+                w.writerow({**r, "throughput_8x8_per_s": tput})
+        print(f"wrote {args.csv}")
     return rows
 
 

@@ -26,6 +26,7 @@ import torch
 
 from ase_definet import get_model
 from ase_definet.batch import relax_many
+from ase_definet.core.fileio import atomic_path
 from ase_definet.data.label import get_optimizer
 from ase_definet.data.store import iter_pairs
 from ase_definet.data.teacher import get_teacher
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--recompute", action="store_true",
                    help="also rerun the teacher from the unrelaxed structure")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--csv", default="teacher_steps.csv")
+    p.add_argument("--csv", default=None, help="also write the per-pair rows to this CSV")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -90,10 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
                      "reduction": 1 - n1 / max(n0, 1)})
         logger.info("%-18s %3d -> %3d steps (%.0f s)", rows[-1]["config_id"], n0, n1,
                     time.perf_counter() - t0)
-    with open(args.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    if args.csv:
+        with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
     red = [r["reduction"] for r in rows]
     summary = {"pairs": len(rows), "median_steps_unrelaxed": statistics.median(
         r["steps_unrelaxed"] for r in rows), "median_steps_definet": statistics.median(
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
           "median "
           f"{summary['median_steps_unrelaxed']:.0f} steps from the unrelaxed structure, "
           f"{summary['median_steps_definet']:.0f} from {args.model}'s prediction; median "
-          f"reduction {100 * summary['median_reduction']:.0f} % (CSV: {args.csv})")
+          f"reduction {100 * summary['median_reduction']:.0f} %"
+          f"{f' (CSV: {args.csv})' if args.csv else ''}")
     return summary
 
 
