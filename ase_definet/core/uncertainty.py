@@ -132,15 +132,18 @@ class Calibration:
         return cal
 
 
+def _features(spread: np.ndarray, size_range: Sequence[int]) -> np.ndarray:
+    """(n_atoms, 3): log spread, log mean spread, log atom count (clipped to
+    ``size_range``) of one structure's spreads (n_atoms,) Å."""
+    s = np.maximum(spread, _FLOOR)
+    n = min(max(len(s), size_range[0]), size_range[1])
+    return np.column_stack([np.log(s), np.full(len(s), np.log(s.mean()) if len(s) else 0.0),
+                            np.full(len(s), np.log(n))])
+
+
 def _score(spread: np.ndarray, weights: Sequence[float], size_range: Sequence[int]
            ) -> np.ndarray:
-    a, b, c = weights
-    s = np.maximum(spread, _FLOOR)
-    out = a * np.log(s)
-    if len(s) and (b or c):
-        n = min(max(len(s), size_range[0]), size_range[1])
-        out = out + (b * np.log(s.mean()) + c * np.log(n))
-    return out
+    return _features(spread, size_range) @ np.asarray(weights, dtype=float)
 
 
 def fit_calibration(spreads: Sequence[np.ndarray], errors: Sequence[np.ndarray],
@@ -170,9 +173,8 @@ def fit_calibration(spreads: Sequence[np.ndarray], errors: Sequence[np.ndarray],
     size_range = (min(sizes), max(sizes))
     weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
     if structure_terms and len(set(sizes)) > 1 and len(spreads) >= 3:
-        design = np.concatenate([np.column_stack([
-            np.log(np.maximum(x, _FLOOR)), np.full(len(x), np.log(max(x.mean(), _FLOOR))),
-            np.full(len(x), np.log(len(x))), np.ones(len(x))]) for x in spreads])
+        design = np.concatenate([_features(x, size_range) for x in spreads])
+        design = np.column_stack([design, np.ones(len(design))])  # and an intercept
         w = np.linalg.lstsq(design, np.log(np.maximum(error, 1e-5)), rcond=None)[0]
         if w[0] > 0:
             weights = (float(w[0]), float(w[1]), float(w[2]))
