@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ase_definet import DefiNetRelaxer, get_model
-from ase_definet.core.domain import host_shells
+from ase_definet.core.domain import host_geometry
 from ase_definet.core.predict import predict_sites
 from ase_definet.core.structure import DefectStructure
 from ase_definet.core.trust import assess, domain_reasons
@@ -49,14 +49,14 @@ def main() -> None:
     fwd = cpu_ms(lambda: predict_sites(model, [s], all_layers=True))
     unc = cpu_ms(lambda: assess(model, s, layers, model.config.refine + 1))
     dom = cpu_ms(lambda: domain_reasons(model, s))
-    shells = cpu_ms(lambda: host_shells(host, cached=False))  # a host not seen before
+    shells = cpu_ms(lambda: host_geometry(host, cached=False))  # a host not seen before
     rel = cpu_ms(lambda: DefiNetRelaxer(host, defects=spec, model=model, logfile=None).run())
     text = ("# OMP_NUM_THREADS=1 python benchmarks/trust_cost.py (CPU ms, medians of 7; "
             "8x8 MoS2, 10 % defects, default weights)\n"
             f"forward pass          {fwd:8.1f}\n"
             f"uncertainty           {unc:8.2f}  ({unc / fwd:.1%} of the forward pass)\n"
-            f"domain check          {dom:8.2f}  ({dom / fwd:.1%}; the host's shells cached)\n"
-            f"  shells of a new host {shells:8.2f}  ({shells / fwd:.1%})\n"
+            f"domain check          {dom:8.2f}  ({dom / fwd:.1%}; the host's lattice cached)\n"
+            f"  a new host's lattice {shells:8.2f}  ({shells / fwd:.1%})\n"
             f"DefiNetRelaxer.run()  {rel:8.1f}\n")
     out = ROOT / "benchmarks/results/trust_cost.txt"
     out.write_text(text)

@@ -232,7 +232,7 @@ def _warm_started(tmp_path, n_high: int = 0, displacement: float = 0.01):
     batches = generate.plan_jobs(["CuTest"], n_high, 0, batch_size=10,
                                  counts={("strain", "low"): 10})
     generate.run(tmp_path / "d", tmp_path / "p", batches, teacher="emt", fmax=0.05,
-                 steps=300, warm_start=str(weights), warm_densities=("low",))
+                 steps=300, warm=generate.WarmStart(str(weights), ("low",)))
     return weights, batches
 
 
@@ -256,7 +256,7 @@ def test_warm_started_labels_record_how_they_were_made(tmp_path):
         assert r.converged and r.final_fmax < 0.05
     # --warm-materials: hosts left out of the warm start are labelled cold
     generate.run(tmp_path / "d2", tmp_path / "p2", batches, teacher="emt", fmax=0.05,
-                 steps=300, warm_start=str(weights), warm_materials=("MoS2",))
+                 steps=300, warm=generate.WarmStart(str(weights), materials=("MoS2",)))
     with connect(tmp_path / "d2" / "CuTest_strain_low_000.db") as db:
         assert {r.label_start for r in db.select()} == {"unrelaxed"}
 

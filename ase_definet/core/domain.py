@@ -34,26 +34,76 @@ SHELL_CUTOFF = 6.0  # Å
 SHELL_MARGIN = 0.02  # relative tolerance on the trained shell ranges
 
 
-def host_distances(host: Atoms, cutoff: float = NEIGHBOUR_CUTOFF) -> dict[str, float]:
+@dataclass(frozen=True)
+class HostGeometry:
+    """What the domain checks of a host's lattice (see the module docstring).
+
+    Attributes:
+        distances: "A-B" -> median nearest-neighbour distance, Å.
+        shells: "A>B" -> [d_1, ..., d_K], Å.
+    """
+
+    distances: dict[str, float]
+    shells: dict[str, list[float]]
+
+
+def host_geometry(host: Atoms, cached: bool = True) -> HostGeometry:
+    """The nearest-neighbour distances and shells of ``host``, from one neighbour list.
+    Cached per host geometry (the last 16) unless ``cached`` is False; the caller gets
+    its own copy."""
+    if not cached:
+        return _host_geometry(host)
+    key = (host.numbers.tobytes(), np.round(host.positions, 6).tobytes(),
+           np.round(host.cell[:], 6).tobytes(), tuple(host.pbc))
+    if key not in _GEOMETRY_CACHE:
+        if len(_GEOMETRY_CACHE) >= 16:
+            _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)))
+        _GEOMETRY_CACHE[key] = _host_geometry(host)
+    geo = _GEOMETRY_CACHE[key]
+    return HostGeometry(dict(geo.distances), {k: list(v) for k, v in geo.shells.items()})
+
+
+_GEOMETRY_CACHE: dict[tuple, HostGeometry] = {}
+
+
+def host_distances(host: Atoms) -> dict[str, float]:
     """Median nearest-neighbour distance (Å) per element pair of a host: "A-B"
     (symbols sorted) is the median, over A atoms and B atoms, of the distance to the
-    nearest atom of the other element (within ``cutoff``; pairs with no neighbour
-    within it are absent)."""
+    nearest atom of the other element (within ``NEIGHBOUR_CUTOFF``; pairs with no
+    neighbour within it are absent)."""
+    return host_geometry(host).distances
+
+
+def host_shells(host: Atoms, cached: bool = True) -> dict[str, list[float]]:
+    """Neighbour shells of a host: "A>B" -> [d_1, ..., d_K] Å, d_k the median over A atoms
+    of the distance to their k-th nearest B atom (within ``SHELL_CUTOFF``; K at most
+    ``SHELLS`` and at most the fewest B neighbours an A atom has)."""
+    return host_geometry(host, cached).shells
+
+
+def _host_geometry(host: Atoms) -> HostGeometry:
     from matscipy.neighbours import neighbour_list
 
     at = host.copy()
     at.calc = None
     if not at.pbc.all():  # a zero non-periodic cell vector: any length will do
-        cell = at.cell.complete() if at.cell.rank < 3 else at.cell
-        at.cell = cell
-    i, j, d = neighbour_list("ijd", at, cutoff)
+        at.cell = at.cell.complete() if at.cell.rank < 3 else at.cell
+    i, j, d = neighbour_list("ijd", at, max(NEIGHBOUR_CUTOFF, SHELL_CUTOFF))
     z = at.numbers
+    return HostGeometry(_nearest(i, j, d, z), _shells(i, j, d, z))
+
+
+def _nearest(i: np.ndarray, j: np.ndarray, d: np.ndarray, z: np.ndarray) -> dict[str, float]:
+    """Median nearest-neighbour distance per element pair, from a neighbour list
+    (pairs i-j at distance d, Å; z the atomic numbers)."""
+    keep = d <= NEIGHBOUR_CUTOFF
+    i, j, d = i[keep], j[keep], d[keep]
     nearest: dict[tuple[int, int], np.ndarray] = {}
     for zi in np.unique(z):
         for zj in np.unique(z):
             sel = (z[i] == zi) & (z[j] == zj)
             if sel.any():
-                best = np.full(len(at), np.inf)
+                best = np.full(len(z), np.inf)
                 np.minimum.at(best, i[sel], d[sel])
                 nearest[(zi, zj)] = best[(z == zi) & np.isfinite(best)]
     out: dict[str, float] = {}
@@ -64,35 +114,11 @@ def host_distances(host: Atoms, cutoff: float = NEIGHBOUR_CUTOFF) -> dict[str, f
     return out
 
 
-def host_shells(host: Atoms, shells: int = SHELLS, cutoff: float = SHELL_CUTOFF,
-                cached: bool = True) -> dict[str, list[float]]:
-    """Neighbour shells of a host: "A>B" -> [d_1, ..., d_K] Å, d_k the median over A atoms
-    of the distance to their k-th nearest B atom (within ``cutoff``; K at most ``shells``
-    and at most the fewest B neighbours an A atom has). Cached per host geometry (the
-    last 16) unless ``cached`` is False."""
-    if not cached:
-        return _host_shells(host, shells, cutoff)
-    key = (host.numbers.tobytes(), np.round(host.positions, 6).tobytes(),
-           np.round(host.cell[:], 6).tobytes(), tuple(host.pbc), shells, cutoff)
-    if key not in _SHELL_CACHE:
-        if len(_SHELL_CACHE) >= 16:
-            _SHELL_CACHE.pop(next(iter(_SHELL_CACHE)))
-        _SHELL_CACHE[key] = _host_shells(host, shells, cutoff)
-    return {k: list(v) for k, v in _SHELL_CACHE[key].items()}
-
-
-_SHELL_CACHE: dict[tuple, dict[str, list[float]]] = {}
-
-
-def _host_shells(host: Atoms, shells: int, cutoff: float) -> dict[str, list[float]]:
-    from matscipy.neighbours import neighbour_list
-
-    at = host.copy()
-    at.calc = None
-    if not at.pbc.all():
-        at.cell = at.cell.complete() if at.cell.rank < 3 else at.cell
-    i, j, d = neighbour_list("ijd", at, cutoff)
-    z = at.numbers
+def _shells(i: np.ndarray, j: np.ndarray, d: np.ndarray, z: np.ndarray) -> dict[str, list[float]]:
+    """Median k-th neighbour distance per ordered element pair, k = 1..SHELLS, from a
+    neighbour list (pairs i-j at distance d, Å; z the atomic numbers)."""
+    keep = d <= SHELL_CUTOFF
+    i, j, d = i[keep], j[keep], d[keep]
     out: dict[str, list[float]] = {}
     for zi in np.unique(z):
         n_i = int((z == zi).sum())
@@ -106,7 +132,7 @@ def _host_shells(host: Atoms, shells: int, cutoff: float) -> dict[str, list[floa
                 continue
             counts = np.diff(np.r_[starts, len(ii)])
             rank = np.arange(len(ii)) - np.repeat(starts, counts)
-            k_max = min(shells, int(counts.min()))
+            k_max = min(SHELLS, int(counts.min()))
             out[f"{chemical_symbols[zi]}>{chemical_symbols[zj]}"] = [
                 float(np.median(dd[rank == k])) for k in range(k_max)]
     return out
@@ -141,10 +167,11 @@ class Domain:
     shell_margin: float = SHELL_MARGIN
 
     def add_host(self, host: Atoms) -> None:
-        for key, d in host_distances(host).items():
+        geo = host_geometry(host)
+        for key, d in geo.distances.items():
             lo, hi = self.distances.get(key, (d, d))
             self.distances[key] = (min(lo, d), max(hi, d))
-        for key, ds in host_shells(host).items():
+        for key, ds in geo.shells.items():
             old = self.shells.get(key, [(d, d) for d in ds])
             self.shells[key] = [(min(lo, d), max(hi, d)) for (lo, hi), d in zip(old, ds)]
 
@@ -169,8 +196,9 @@ class Domain:
     def reasons(self, host: Atoms, kinds: Iterable[str]) -> list[str]:
         """Why a structure on ``host`` with defects ``kinds`` lies outside (empty: it
         does not)."""
+        geo = host_geometry(host)
         unseen, outside = [], []
-        for key, d in sorted(host_distances(host).items()):
+        for key, d in sorted(geo.distances.items()):
             if key not in self.distances:
                 unseen.append(key)
                 continue
@@ -184,7 +212,7 @@ class Domain:
         if outside:
             out.append("nearest-neighbour distances outside the trained range, a strained "
                        f"or other lattice?: {'; '.join(outside)}")
-        shells = self._shells_outside(host) if self.shells and not unseen else []
+        shells = self._shells_outside(geo.shells) if self.shells and not unseen else []
         if shells:
             out.append("neighbour shells outside the trained range, a strained or other "
                        f"lattice?: {'; '.join(shells)}")
@@ -193,10 +221,10 @@ class Domain:
             out.append(f"defect kind(s) {', '.join(new)} never seen in training")
         return out
 
-    def _shells_outside(self, host: Atoms) -> list[str]:
+    def _shells_outside(self, shells: Mapping[str, list[float]]) -> list[str]:
         """The worst shell of each ordered pair outside the trained range (k >= 2)."""
         out = []
-        for key, ds in sorted(host_shells(host).items()):
+        for key, ds in sorted(shells.items()):
             ranges = self.shells.get(key, [])
             worst, where = 0.0, None
             for k, (d, (lo, hi)) in enumerate(zip(ds, ranges), start=1):

@@ -59,6 +59,21 @@ class Job:
     unit_cell: Atoms  # the host's shipped unit cell (strained and relaxed by the worker)
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Which pairs the teacher relaxes from a model's prediction instead of from the
+    unrelaxed structure: training pairs of ``densities`` and ``materials`` (None: all)
+    only, so val and test labels stay independent of the model."""
+
+    weights: str
+    densities: tuple[str, ...] = ("low",)
+    materials: tuple[str, ...] | None = None
+
+    def applies(self, job: Job) -> bool:
+        return (job.split == "train" and job.config.density in self.densities
+                and (self.materials is None or job.config.material in self.materials))
+
+
 def group_file(material: str, axis: str, density: str, batch: int) -> str:
     """Batch file name: ``MoS2_high_003.db`` on the original lattice,
     ``MoS2_strain_low_000.db`` on another axis."""
@@ -131,26 +146,25 @@ def _batches(host, configs: list[DefectConfig], axis: str, seed: int,
 
 
 _CALC = None
-_WARM: tuple | None = None  # (model, its name, densities, materials) when labels start warm
+_WARM: WarmStart | None = None  # per worker, when labels start warm
+_WARM_MODEL: tuple[Any, str] | None = None  # (its model, its name with checksum)
 
 
 def _init_worker(teacher: str, threads: int, device: str = "cpu",
-                 warm: tuple[str, tuple[str, ...], tuple[str, ...] | None] | None = None
-                 ) -> None:
+                 warm: WarmStart | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    global _CALC, _WARM
+    global _CALC, _WARM, _WARM_MODEL
     from .teacher import get_teacher
 
     _CALC = get_teacher(teacher, device=device)
+    _WARM = warm
     if warm:
         from ..core.checkpoint import get_model, stored_checksum
 
-        name, densities, materials = warm
-        model = get_model(name, "cpu")  # validated and checksummed on load
-        _WARM = (model, f"{name} sha256:{stored_checksum(name)[:12]}", tuple(densities),
-                 None if materials is None else tuple(materials))
+        model = get_model(warm.weights, "cpu")  # validated and checksummed on load
+        _WARM_MODEL = (model, f"{warm.weights} sha256:{stored_checksum(warm.weights)[:12]}")
 
 
 _UNIT_CELLS: dict[tuple, Atoms] = {}  # per worker: relaxed strained unit cells
@@ -178,11 +192,11 @@ def _label(args) -> tuple[Job, Pair]:
     start = {"label_start": "unrelaxed"}
     # only training pairs start warm: val and test labels stay independent of the start
     # model, so evaluating that model on them is not biased towards its own prediction
-    if (_WARM and job.config.density in _WARM[2] and job.split == "train"
-            and (_WARM[3] is None or job.config.material in _WARM[3])):
-        guess = predicted_start(_WARM[0], pristine, job.config.spec)
+    if _WARM is not None and _WARM_MODEL is not None and _WARM.applies(job):
+        model, name = _WARM_MODEL
+        guess = predicted_start(model, pristine, job.config.spec)
         res = relax_from(unrelaxed, guess, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
-        start = {"label_start": "prediction", "start_model": _WARM[1]}
+        start = {"label_start": "prediction", "start_model": name}
     else:
         res = relax_fixed_cell(unrelaxed, _CALC, fmax=fmax, steps=steps, optimizer=optimizer)
     unrelaxed.calc = SinglePointCalculator(unrelaxed, energy=res.initial_energy,
@@ -200,19 +214,16 @@ def _label(args) -> tuple[Job, Pair]:
 def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1,
         threads: int = 1, fmax: float = 0.01, steps: int = 1000, optimizer: str = "FIRE",
         teacher: str = "chgnet", device: str = "cpu",
-        identity: dict[str, Any] | None = None,
-        warm_start: str | None = None, warm_densities: tuple[str, ...] = ("low",),
-        splits: tuple[str, ...] | None = None,
-        warm_materials: tuple[str, ...] | None = None) -> None:
+        identity: dict[str, Any] | None = None, warm: WarmStart | None = None,
+        splits: tuple[str, ...] | None = None) -> None:
     """Label every planned pair not yet in a batch file; see the module docstring.
 
     ``workers`` processes with ``threads`` torch threads each run the teacher on
     ``device``; this process writes every finished pair in its own transaction. Batches
     are locked while being labelled (:mod:`.batchfiles`), so concurrent runs of one plan
     share the work; ``identity`` (seed, batch size, ...) is checked against the one
-    stored in ``out``, together with the teacher settings. With ``warm_start`` (weights),
-    training pairs of ``warm_densities`` (and of ``warm_materials``, default all) are
-    relaxed from that model's prediction.
+    stored in ``out``, together with the teacher settings. With ``warm``, the pairs it
+    applies to are relaxed from its model's prediction.
     With ``splits`` (e.g. ``("test", "val")``) only those pairs are labelled: their batches
     stay in ``partial_dir`` until a run without ``splits`` labels the rest.
     """
@@ -220,11 +231,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
     partial_dir.mkdir(parents=True, exist_ok=True)
     check_identity(out, {**(identity or {}), "teacher": teacher, "fmax": fmax,
                          "steps": steps, "optimizer": optimizer})
-    labeller = _Labeller(workers, threads, teacher, device, (fmax, steps, optimizer),
-                         (warm_start, tuple(warm_densities), warm_materials)
-                         if warm_start else None)
-    # (batch, its lock, the jobs to label, whether the batch is whole once they are)
-    group: list[tuple[list[Job], BatchLock, list[Job], bool]] = []
+    labeller = _Labeller(workers, threads, teacher, device, (fmax, steps, optimizer), warm)
+    group: list[_LockedBatch] = []
     n_total = n_conv = busy = 0
     try:
         for batch in batches:
@@ -248,8 +256,8 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
             if not todo and len(done) < len(batch):  # nothing of these splits left here
                 lock.release()
                 continue
-            group.append((batch, lock, todo, len(done) + len(todo) == len(batch)))
-            if sum(len(g[2]) for g in group) >= 2 * max(1, workers):
+            group.append(_LockedBatch(batch, lock, todo, len(done) + len(todo) == len(batch)))
+            if sum(len(g.todo) for g in group) >= 2 * max(1, workers):
                 n, c = _label_group(group, labeller, out, partial_dir)
                 n_total, n_conv, group = n_total + n, n_conv + c, []
         n, c = _label_group(group, labeller, out, partial_dir)
@@ -257,7 +265,7 @@ def run(out: Path, partial_dir: Path, batches: list[list[Job]], workers: int = 1
     finally:
         labeller.close()
         for g in group:
-            g[1].release()
+            g.lock.release()
     if busy:
         logger.info("%d batch file(s) were being labelled by another run: left to it", busy)
     if n_total:
@@ -270,9 +278,7 @@ class _Labeller:
     """The teacher, in this process or a pool of ``workers``, started on first use."""
 
     def __init__(self, workers: int, threads: int, teacher: str, device: str,
-                 criterion: tuple[float, int, str],
-                 warm: tuple[str, tuple[str, ...], tuple[str, ...] | None] | None = None
-                 ) -> None:
+                 criterion: tuple[float, int, str], warm: WarmStart | None = None) -> None:
         self.workers, self.threads, self.teacher, self.device = workers, threads, teacher, device
         self.criterion, self.warm = criterion, warm
         self._pool = None
@@ -299,19 +305,42 @@ class _Labeller:
             self._pool = None
 
 
-def _label_group(group, labeller: _Labeller, out: Path, partial_dir: Path) -> tuple[int, int]:
+@dataclass
+class _LockedBatch:
+    """A batch this run holds the lock of: the jobs left to label, and whether the batch
+    is whole once they are (with ``splits`` it may stay partial)."""
+
+    batch: list[Job]
+    lock: BatchLock
+    todo: list[Job]
+    whole: bool
+
+    @property
+    def file(self) -> str:
+        return self.batch[0].file
+
+    def close(self, out: Path, partial_dir: Path) -> None:
+        """Move the batch into ``out`` (checked) if whole, and release its lock."""
+        try:
+            if self.whole:
+                finish(partial_dir / self.file, out / self.file, self.batch)
+        finally:
+            self.lock.release()
+
+
+def _label_group(group: list[_LockedBatch], labeller: _Labeller, out: Path,
+                 partial_dir: Path) -> tuple[int, int]:
     """Label the jobs of the locked batches in ``group``; each pair is written as it
-    arrives, and each batch is checked, moved into ``out`` and unlocked once complete."""
+    arrives, and each batch is checked, moved into ``out`` and unlocked once complete.
+    Returns (pairs labelled, of which converged)."""
     if not group:
         return 0, 0
-    left = {batch[0].file: len(todo) for batch, _, todo, _ in group}
-    by_file = {batch[0].file: (batch, lock) for batch, lock, _, _ in group}
-    # a batch is moved into ``out`` only when whole (with ``splits`` it may stay partial)
-    whole = {batch[0].file: w for batch, _, _, w in group}
+    left = {g.file: len(g.todo) for g in group}
+    by_file = {g.file: g for g in group}
     for name, n in left.items():
         if n == 0:
-            _close_batch(*by_file[name], out, partial_dir, whole[name])
-    jobs = [j for _, _, todo, _ in group for j in todo]
+            by_file[name].close(out, partial_dir)
+    jobs = [j for g in group for j in g.todo]
     n_conv = 0
     for job, pair in tqdm(labeller.imap(jobs), total=len(jobs), desc="teacher relaxations",
                           unit="pair", disable=None):  # off when not on a terminal
@@ -322,17 +351,8 @@ def _label_group(group, labeller: _Labeller, out: Path, partial_dir: Path) -> tu
                     pair.info["steps"], pair.info["converged"])
         left[job.file] -= 1
         if left[job.file] == 0:
-            _close_batch(*by_file[job.file], out, partial_dir, whole[job.file])
+            by_file[job.file].close(out, partial_dir)
     return len(jobs), n_conv
-
-
-def _close_batch(batch: list[Job], lock: BatchLock, out: Path, partial_dir: Path,
-                 whole: bool = True) -> None:
-    try:
-        if whole:
-            finish(partial_dir / batch[0].file, out / batch[0].file, batch)
-    finally:
-        lock.release()
 
 
 def select_shard(batches: list[list[Job]], k: int, n: int) -> list[list[Job]]:
@@ -416,9 +436,10 @@ def run_from_args(args: argparse.Namespace) -> None:
     run(args.out, args.partial_dir or args.out / "partial", batches, workers=args.workers,
         threads=args.threads, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
         teacher=args.teacher, device=args.device, identity=identity,
-        warm_start=args.warm_start, warm_densities=tuple(args.warm_densities),
-        splits=tuple(args.splits) if args.splits else None,
-        warm_materials=tuple(args.warm_materials) if args.warm_materials else None)
+        warm=WarmStart(args.warm_start, tuple(args.warm_densities),
+                       tuple(args.warm_materials) if args.warm_materials else None)
+        if args.warm_start else None,
+        splits=tuple(args.splits) if args.splits else None)
 
 
 if __name__ == "__main__":
