@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase.geometry import find_mic
-from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from ase_definet import DefiNetRelaxer
 from ase_definet.core.fileio import atomic_write
 from ase_definet.data.store import is_cold, iter_pairs
-from ase_definet.train.calibrate import size_class
+from ase_definet.train.calibrate import format_report, group_by, trust_metrics
 from ase_definet.train.dataset import expand_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,25 +58,16 @@ def relax_one(pair, weights: str, rng: np.random.Generator) -> dict:
 
 
 def report(rows: list[dict]) -> str:
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        info = r["info"]
-        for key, value in (("axis", info.get("axis", "original")),
-                           ("material", info.get("material")),
-                           ("cells", size_class(info))):
-            if value is not None:
-                groups.setdefault(f"{key}={value}", []).append(r)
-    lines = [f"{'group':24s} {'structs':>7s} {'atoms':>7s} {'rho_atom':>8s} "
-             f"{'rho_struct':>10s} {'<bound90':>8s} {'warned':>6s}"]
-    for name, rs in [("overall", rows), *sorted(groups.items())]:
-        u, e = np.concatenate([r["u"] for r in rs]), np.concatenate([r["e"] for r in rs])
-        b = np.concatenate([r["b"] for r in rs])
-        rho_s = (spearmanr([r["u"].mean() for r in rs], [r["e"].mean() for r in rs])[0]
-                 if len(rs) > 2 else float("nan"))
-        lines.append(f"{name:24s} {len(rs):7d} {len(e):7d} {spearmanr(u, e)[0]:8.3f} "
-                     f"{rho_s:10.3f} {(e <= b).mean():8.3f} "
-                     f"{sum(r['warned'] for r in rs):6d}")
-    return "\n".join(lines)
+    """Per group (overall, axis, material, supercell-size class): the trust metrics and
+    the structures with an out-of-range warning."""
+    table = []
+    for name, rs in group_by(rows, lambda r: r["info"], ("axis", "material", "cells"),
+                             defaults={"axis": "original"}).items():
+        table.append({"group": name, **trust_metrics([r["u"] for r in rs],
+                                                     [r["b"] for r in rs],
+                                                     [r["e"] for r in rs]),
+                      "warned": sum(r["warned"] for r in rs)})
+    return format_report([table[0], *sorted(table[1:], key=lambda r: r["group"])], "warned")
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -11,10 +11,10 @@ of stages run, records the :class:`~ase_definet.core.domain.Domain` of the ``tra
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from ..model import DefiNet
 from .dataset import PairDataset, iter_batches
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -109,42 +110,62 @@ def size_class(info: dict[str, Any]) -> str | None:
     return "<=36" if nx * ny <= 36 else ("37-64" if nx * ny <= 64 else ">64")
 
 
+def group_by(items: Iterable[T], info: Callable[[T], dict[str, Any]],
+             group_keys: tuple[str, ...],
+             defaults: Mapping[str, str] | None = None) -> dict[str, list[T]]:
+    """``{"overall": all items, "key=value": the items of that value, ...}`` for every
+    key of ``group_keys`` in each item's ``info`` (``cells`` is :func:`size_class`);
+    items without a key go to ``defaults[key]`` if given, else to no group of it."""
+    items = list(items)
+    groups: dict[str, list[T]] = {"overall": items}
+    for key in group_keys:
+        for item in items:
+            d = info(item)
+            value = size_class(d) if key == "cells" else d.get(key)
+            value = (defaults or {}).get(key) if value is None else value
+            if value is not None:
+                groups.setdefault(f"{key}={value}", []).append(item)
+    return groups
+
+
+def trust_metrics(uncertainty: list[np.ndarray], bound90: list[np.ndarray],
+                  error: list[np.ndarray]) -> dict[str, Any]:
+    """How well per-atom uncertainties (Å, one (n_atoms,) array per structure) rank and
+    bound the actual errors: Spearman per atom and between per-structure means, the
+    fraction of atoms below the 90 % bound; atoms and structures counted."""
+    u, e = np.concatenate(uncertainty), np.concatenate(error)
+    return {"structures": len(error), "atoms": len(e), "atom_spearman": _spearman(u, e),
+            "structure_spearman": _spearman(np.array([x.mean() for x in uncertainty]),
+                                            np.array([x.mean() for x in error])),
+            "below_bound90": float((e <= np.concatenate(bound90)).mean())}
+
+
 def uncertainty_report(records: list[StructureRecord], cal: Calibration, stages: int,
                        group_keys: tuple[str, ...] = ("material", "density", "axis", "cells")
                        ) -> list[dict[str, Any]]:
-    """Per group (overall, then each value of ``group_keys``; ``cells`` is
-    :func:`size_class`): Spearman between predicted and actual per-atom error, and
-    between per-structure mean uncertainty and MAE; the fraction of atoms below the 90 %
-    bound; atoms and structures counted."""
-    groups: dict[str, list[StructureRecord]] = {"overall": records}
-    for key in group_keys:
-        for r in records:
-            value = size_class(r.info) if key == "cells" else r.info.get(key)
-            if value is not None:
-                groups.setdefault(f"{key}={value}", []).append(r)
+    """Per group of :func:`group_by`: :func:`trust_metrics`, and the structures whose
+    mean uncertainty exceeds the calibration's threshold (``flagged``)."""
     rows = []
-    for name, recs in groups.items():
+    for name, recs in group_by(records, lambda r: r.info, group_keys).items():
         u = [cal.expected_error(r.spread[stages]) for r in recs]
-        b = np.concatenate([cal.bound90(r.spread[stages]) for r in recs])
-        e = [r.error[stages] for r in recs]
-        ua, ea = np.concatenate(u), np.concatenate(e)
-        rows.append({"group": name, "structures": len(recs), "atoms": len(ea),
-                     "atom_spearman": _spearman(ua, ea),
-                     "structure_spearman": _spearman(np.array([x.mean() for x in u]),
-                                                     np.array([x.mean() for x in e])),
-                     "below_bound90": float((ea <= b).mean()),
+        rows.append({"group": name, **trust_metrics(
+                         u, [cal.bound90(r.spread[stages]) for r in recs],
+                         [r.error[stages] for r in recs]),
                      "flagged": int(sum(x.mean() > cal.structure_threshold for x in u))})
     return rows
 
 
-def format_report(rows: list[dict[str, Any]]) -> str:
+def format_report(rows: list[dict[str, Any]], last: str = "flagged") -> str:
+    """The rows of :func:`uncertainty_report` as a table; ``last`` names the count in its
+    last column."""
+    w = max(7, len(last))
     head = (f"{'group':24s} {'structs':>7s} {'atoms':>7s} {'rho_atom':>8s} "
-            f"{'rho_struct':>10s} {'<bound90':>8s} {'flagged':>7s}")
+            f"{'rho_struct':>10s} {'<bound90':>8s} {last:>{w}s}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['group']:24s} {r['structures']:7d} {r['atoms']:7d} "
                      f"{r['atom_spearman']:8.3f} {r['structure_spearman']:10.3f} "
-                     f"{r['below_bound90']:8.3f} {r['flagged']:7d}")
+                     f"{r['below_bound90']:8.3f} {r[last]:{w}d}")
     return "\n".join(lines)
 
 
