@@ -210,3 +210,40 @@ def test_inference_can_run_the_first_stages_only(host, spec, tmp_path, capsys):
     assert np.abs(a.positions - b.positions).max() > 1e-3
     assert cli(base + [str(tmp_path / "c.xyz"), "--stages", "5"]) == 2
     assert "stages must be an integer from 1 to 3" in capsys.readouterr().err
+
+
+def test_finetune_keep_stages_cuts_the_model_to_its_first_stages(tmp_path, host, spec, capsys):
+    frames = []
+    for p in synthetic_pairs(10):
+        frames += [p.unrelaxed, p.relaxed()]
+    write(tmp_path / "pairs.extxyz", frames)
+    write(tmp_path / "host.cif", small_host(3))
+    base = tiny_model(hidden=16, layers=2, refine=2)
+    save_checkpoint(base, tmp_path / "base.safetensors", {"data": "test"})
+    ft = ["finetune", "--from", str(tmp_path / "base.safetensors"), "--data",
+          str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
+          "--epochs", "1", "--batch-size", "4", "--lr", "0"]
+    assert cli(ft + ["--out", str(tmp_path / "one"), "--keep-stages", "1"]) == 0
+    one, meta = load_checkpoint(tmp_path / "one" / "best.safetensors")
+    assert one.config.refine == 0 and meta["kept_stages"] == {"kept": 1, "of": 3}
+    # with lr 0 it computes what the base computes with stages=1
+    cut = DefiNetRelaxer(host, defects=spec, model=one, logfile=None)
+    cut.run()
+    ref = DefiNetRelaxer(host, defects=spec, model=base, logfile=None, stages=1)
+    ref.run()
+    assert np.abs(cut.atoms.positions - ref.atoms.positions).max() < 1e-5
+    full = DefiNetRelaxer(host, defects=spec, model=base, logfile=None)
+    full.run()
+    assert np.abs(full.atoms.positions - cut.atoms.positions).max() > 1e-4
+    # two stages kept, a third added on top as a copy of the second
+    assert cli(ft + ["--out", str(tmp_path / "two"), "--keep-stages", "2", "--add-stage"]) == 0
+    three, _ = load_checkpoint(tmp_path / "two" / "best.safetensors")
+    sd, b = three.state_dict(), base.state_dict()
+    assert three.config.refine == 2
+    for k, v in base.refiners[0].state_dict().items():
+        assert torch.allclose(sd["refiners.1." + k], v, atol=1e-6), k
+    assert not torch.allclose(sd["refiners.1.layers.0.V.weight"],
+                              b["refiners.1.layers.0.V.weight"])
+    capsys.readouterr()
+    assert cli(ft + ["--out", str(tmp_path / "bad"), "--keep-stages", "4"]) == 2
+    assert "--keep-stages must be from 1 to 3" in capsys.readouterr().err

@@ -3,8 +3,10 @@
 A checkpoint keeps its architecture when fine-tuned, except for what can change without
 changing its output: the neighbour cap (a graph setting, not a weight shape), the axial
 global channel (it starts inert), the width (grown by an integer factor, function
-preserving, :func:`~ase_definet.model.widen.widen_model`) and a refinement stage
-appended as a copy of the last one. :func:`prepare_finetune` does all of it::
+preserving, :func:`~ase_definet.model.widen.widen_model`), a refinement stage
+appended as a copy of the last one, and the number of stages cut to a prefix (the
+first K stages alone compute what ``stages=K`` does). :func:`prepare_finetune` does all
+of it::
 
     base = get_model("default", "cpu")
     model = prepare_finetune(base, hidden=2 * base.config.hidden, add_stage=True)
@@ -52,6 +54,27 @@ def widen_to(base: DefiNet, hidden: int, *, seed: int = 0,
     return wide
 
 
+def first_stages(base: DefiNet, keep: int, name: str = "the checkpoint") -> DefiNet:
+    """The first ``keep`` stages of ``base`` as a model of their own: it computes what
+    ``base`` computes with ``stages=keep`` (``base`` itself when it has ``keep``
+    stages). ``ValueError`` unless 1 <= ``keep`` <= ``base``'s stage count."""
+    n = base.config.refine + 1
+    if isinstance(keep, bool) or not 1 <= int(keep) <= n:
+        raise ValueError(f"--keep-stages must be from 1 to {n}, the stages of {name}; "
+                         f"got {keep}")
+    keep = int(keep)
+    if keep == n:
+        return base
+    config = DefiNetConfig.from_dict({**base.config.to_dict(), "refine": keep - 1})
+    weight = next(base.parameters())
+    model = DefiNet(config).to(device=weight.device, dtype=weight.dtype)
+    dropped = tuple(f"refiners.{i}." for i in range(keep - 1, n - 1))
+    model.load_state_dict({k: v for k, v in base.state_dict().items()
+                           if not k.startswith(dropped)})
+    logger.info("kept the first %d of the %d stages of %s", keep, n, name)
+    return model
+
+
 def load_base_weights(model: DefiNet, base: DefiNet, *, new_stage: bool = False,
                       name: str = "the checkpoint") -> DefiNet:
     """Copy ``base``'s weights into ``model`` (same architecture, up to a new axial
@@ -75,7 +98,7 @@ def load_base_weights(model: DefiNet, base: DefiNet, *, new_stage: bool = False,
 
 def prepare_finetune(base: DefiNet, *, hidden: int | None = None,
                      max_neighbors: int | None = None, axial_global: bool | None = None,
-                     add_stage: bool = False, seed: int = 0,
+                     add_stage: bool = False, keep_stages: int | None = None, seed: int = 0,
                      name: str = "the checkpoint") -> DefiNet:
     """The model a fine-tuning run of ``base`` starts from (``base`` is left as it is).
 
@@ -88,13 +111,18 @@ def prepare_finetune(base: DefiNet, *, hidden: int | None = None,
             output is unchanged); ``None`` keeps it.
         add_stage: append a refinement stage that starts as a copy of the last one
             (train it with :func:`finetune_train_stage`).
+        keep_stages: keep only the first this many stages (:func:`first_stages`;
+            before ``add_stage``); ``None`` keeps them all.
         name: what ``base`` is called in messages (its weights name or path).
 
     Returns a new :class:`DefiNet`, on ``base``'s device and in its dtype, that computes
-    ``base``'s output (with ``add_stage``, one more stage on top of it). ``ValueError``
-    for a width that is no multiple, or for weights that do not match ``base``'s own
+    ``base``'s output (with ``keep_stages``, that of its first stages; with
+    ``add_stage``, one more stage on top). ``ValueError`` for a width that is no
+    multiple, a stage count out of range, or weights that do not match ``base``'s own
     configuration.
     """
+    if keep_stages is not None:
+        base = first_stages(base, keep_stages, name)
     base = widen_to(base, base.config.hidden if hidden is None else hidden, seed=seed,
                     name=name)
     changes = {k: v for k, v in (("max_neighbors", max_neighbors),
@@ -114,10 +142,15 @@ def finetune_train_stage(train_stage: int | None, add_stage: bool) -> int | None
     return train_stage
 
 
-def finetune_metadata(base: DefiNet, model: DefiNet, name: str) -> dict[str, Any]:
+def finetune_metadata(base: DefiNet, model: DefiNet, name: str,
+                      keep_stages: int | None = None) -> dict[str, Any]:
     """The checkpoint metadata of a fine-tuning run of ``base`` (called ``name``) that
-    starts from ``model``: ``finetuned_from`` and, if widened, ``widened``."""
+    starts from ``model``: ``finetuned_from``; if widened, ``widened``; if cut to its
+    first stages, ``kept_stages``."""
     meta: dict[str, Any] = {"finetuned_from": str(name)}
+    n = base.config.refine + 1
+    if keep_stages is not None and keep_stages < n:
+        meta["kept_stages"] = {"kept": int(keep_stages), "of": n}
     if model.config.hidden != base.config.hidden:
         meta["widened"] = {"from_hidden": base.config.hidden, "to_hidden": model.config.hidden}
     return meta
