@@ -211,6 +211,22 @@ def test_host_distances_of_mos2():
     assert d["Mo-S"] == pytest.approx(2.41, abs=0.02) and d["Mo-Mo"] == pytest.approx(3.19)
 
 
+def test_host_geometry_is_cached_per_geometry_and_handed_out_as_copies():
+    from ase_definet.core.domain import host_geometry
+
+    host = small_host(3)
+    first = host_geometry(host)
+    assert first == host_geometry(host, cached=False)
+    first.distances["Mo-S"] = 9.9  # the caller's copy: the cache keeps its own
+    first.shells["Mo>S"][0] = 9.9
+    again = host_geometry(host)
+    assert again.distances["Mo-S"] == pytest.approx(2.41, abs=0.02)
+    assert again.shells["Mo>S"][0] == pytest.approx(2.41, abs=0.02)
+    moved = host.copy()
+    moved.set_cell(moved.cell[:] * [[1.03], [1.03], [1.0]], scale_atoms=True)  # strained
+    assert host_geometry(moved).distances["Mo-Mo"] > again.distances["Mo-Mo"] * 1.02
+
+
 class Spring(Calculator):
     """E = k |x - x0|^2 about given positions: a structure is worse the further it is."""
 
