@@ -56,3 +56,13 @@ def test_widen_rejects_bad_factors(model):
     for bad in (0, 1.5, -2):
         with pytest.raises(ValueError, match="positive integer"):
             widen_model(model, bad)
+
+
+def test_blank_like_keeps_device_dtype_and_rejects_unknown_settings():
+    model = axial_model(dtype=torch.float64)
+    blank = model.blank_like(refine=1)
+    assert blank.config.refine == 1 and model.config.refine == 0
+    assert next(blank.parameters()).dtype == torch.float64
+    assert blank.config.hidden == model.config.hidden
+    with pytest.raises(ValueError, match="hidden_size"):
+        model.blank_like(hidden_size=64)

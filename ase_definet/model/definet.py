@@ -254,6 +254,16 @@ class DefiNet(nn.Module):
             raise ValueError(f"refine must be >= 0, got {cfg.refine}")
         self.refiners = nn.ModuleList(DefiNet(cfg, refine=0) for _ in range(cfg.refine))
 
+    def blank_like(self, **changes: Any) -> DefiNet:
+        """A freshly initialised DefiNet with this model's configuration, updated by
+        ``changes`` (:class:`DefiNetConfig` fields), on this model's device and in its
+        dtype. The weights are not copied."""
+        unknown = set(changes) - set(DefiNetConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown DefiNet hyperparameter(s): {sorted(unknown)}")
+        p = next(self.parameters())
+        return DefiNet(self.config, **changes).to(device=p.device, dtype=p.dtype)
+
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
         """Parameters of one stage: 0 is the first, 1.. the refiners (``-1`` the last)."""
         stage = range(self.config.refine + 1)[stage]

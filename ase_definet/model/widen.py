@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .definet import DefiNet, DefiNetConfig
+from .definet import DefiNet
 
 # embedding tables: their feature axis is copied but is not an input to split
 _EMBEDDINGS = ("element_embedding.weight", "marker_embedding.weight")
@@ -48,9 +48,7 @@ def widen_model(model: DefiNet, factor: int, seed: int = 0, spread: float = 0.5)
     if model.config.refine:
         raise ValueError("widen a model before adding refinement stages, not after")
     F = model.config.hidden
-    cfg = DefiNetConfig.from_dict({**model.config.to_dict(), "hidden": r * F})
-    p0 = next(model.parameters())
-    wide = DefiNet(cfg).to(p0.device, p0.dtype)
+    wide = model.blank_like(hidden=r * F)
     gen = torch.Generator().manual_seed(seed)
     new_state = {}
     wide_state = wide.state_dict()

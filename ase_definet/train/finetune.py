@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ..model import DefiNet, DefiNetConfig
+from ..model import DefiNet
 from ..model.widen import widen_model
 
 logger = logging.getLogger(__name__)
@@ -65,9 +65,7 @@ def first_stages(base: DefiNet, keep: int, name: str = "the checkpoint") -> Defi
     keep = int(keep)
     if keep == n:
         return base
-    config = DefiNetConfig.from_dict({**base.config.to_dict(), "refine": keep - 1})
-    weight = next(base.parameters())
-    model = DefiNet(config).to(device=weight.device, dtype=weight.dtype)
+    model = base.blank_like(refine=keep - 1)
     dropped = tuple(f"refiners.{i}." for i in range(keep - 1, n - 1))
     model.load_state_dict({k: v for k, v in base.state_dict().items()
                            if not k.startswith(dropped)})
@@ -127,10 +125,7 @@ def prepare_finetune(base: DefiNet, *, hidden: int | None = None,
                     name=name)
     changes = {k: v for k, v in (("max_neighbors", max_neighbors),
                                  ("axial_global", axial_global)) if v is not None}
-    config = DefiNetConfig.from_dict({**base.config.to_dict(), **changes,
-                                      "refine": base.config.refine + bool(add_stage)})
-    weight = next(base.parameters())
-    model = DefiNet(config).to(device=weight.device, dtype=weight.dtype)
+    model = base.blank_like(**changes, refine=base.config.refine + bool(add_stage))
     return load_base_weights(model, base, new_stage=bool(add_stage), name=name)
 
 

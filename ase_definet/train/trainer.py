@@ -521,9 +521,9 @@ class Trainer:
         atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
     def ema_model(self) -> DefiNet:
-        m = DefiNet(DefiNetConfig.from_dict(self.model.config.to_dict()))
+        m = self.model.blank_like()
         m.load_state_dict(self.ema.shadow)
-        return m.to(self.device)
+        return m
 
     # -------------------------------------------------------------- loop
     def batches_per_epoch(self) -> int:
