@@ -146,13 +146,11 @@ def info_summary(path, cfg, meta: dict) -> str:
     symbols = [chemical_symbols[z] for z in cfg.elements]
     hosts = [n for n in host_names()
              if set(get_host(n).unit_cell.numbers.tolist()) <= set(cfg.elements)]
-    stages = cfg.refine + 1
     extras = ", axial global channel" if cfg.axial_global else ""
     data = meta.get("data")
     description = data.get("description") if isinstance(data, dict) else data
     lines = [f"path      {path}",
-             (f"model     DefiNet F={cfg.hidden}, {cfg.layers} layers x {stages} "
-              f"stage{'s' if stages > 1 else ''}{extras}"),
+             f"model     DefiNet F={cfg.hidden}, {cfg.layer_summary()}{extras}",
              f"graph     cutoff {cfg.cutoff:g} Å, at most {cfg.max_neighbors} neighbours",
              f"elements  {' '.join(symbols)}",
              f"hosts     {' '.join(hosts) or '-'} (built-in hosts of these elements)"]

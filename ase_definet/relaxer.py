@@ -17,6 +17,7 @@ one line and writes one trajectory frame per layer.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 import time
@@ -135,7 +136,7 @@ class DefiNetRelaxer(Optimizer):
         super().__init__(atoms=target, logfile=logfile, trajectory=trajectory,
                          append_trajectory=append_trajectory, master=master, comm=comm)
         self.per_layer = bool(per_layer)
-        self.layers: np.ndarray | None = None  # (S*T+1, n_sites, 3) Å once predicted
+        self.layers: np.ndarray | None = None  # (L+1, n_sites, 3) Å once predicted
         self.timings: dict[str, float] = {}
         self.polisher: Optimizer | None = None
         self.check_range = bool(check_range)
@@ -171,6 +172,7 @@ class DefiNetRelaxer(Optimizer):
                 "model": str(self.model_name), "device": str(model_device(self._net)),
                 "cutoff": self._net.cutoff, "max_neighbors": self._net.max_neighbors,
                 "layers": self._net.config.layers,
+                "refine_layers": self._net.refiner_layers,
                 "refinement_stages": self._net.config.refine,
                 "stages_run": self.stages or self._net.config.refine + 1,
                 "polish_optimizer": self.polish_optimizer.__name__,
@@ -316,7 +318,7 @@ class DefiNetRelaxer(Optimizer):
         """One line per network layer (and a frame each before the last, which is the
         prediction): its largest shift, the largest and RMS displacement so far, Å."""
         name = type(self).__name__
-        n_layers = self._net.config.layers
+        ends = self._net.stage_ends()
         self.logfile.write(f"{' ' * len(name)}  {'':5} {'layer':>5} {'stage':>5} "
                            f"{'Shift[A]':>12} {'MaxDisp[A]':>12} {'RMSDisp[A]':>12}\n")
         prev = self._start
@@ -324,7 +326,7 @@ class DefiNetRelaxer(Optimizer):
             pos = self._frame(sites).positions
             shift = np.linalg.norm(pos - prev, axis=1).max()
             disp = np.linalg.norm(pos - self._start, axis=1)
-            stage = (t - 1) // n_layers + 1
+            stage = bisect.bisect_left(ends, t) + 1
             self.logfile.write(f"{name}:  {'layer':>5} {t:5d} {stage:5d} {shift:12.6f} "
                                f"{disp.max():12.6f} {np.sqrt((disp ** 2).mean()):12.6f}\n")
             if self.trajectory is not None and t < len(self.layers) - 1:

@@ -247,3 +247,98 @@ def test_finetune_keep_stages_cuts_the_model_to_its_first_stages(tmp_path, host,
     capsys.readouterr()
     assert cli(ft + ["--out", str(tmp_path / "bad"), "--keep-stages", "4"]) == 2
     assert "--keep-stages must be from 1 to 3" in capsys.readouterr().err
+
+
+def _short_refiner_model():
+    """Three stages of 3 layers (axial channel live), float64."""
+    from .test_equivariance import axial_model
+
+    model = axial_model(dtype=torch.float64, hidden=16, refine=2)
+    with torch.no_grad():
+        for stage in model.refiners:
+            for layer in stage.layers:
+                if hasattr(layer, "ax_out"):
+                    layer.ax_out.weight.normal_(0.0, 1.0)
+    return model
+
+
+def test_cut_refiners_keep_what_the_first_refiner_had_after_its_first_layers(host, spec):
+    from ase_definet.train.finetune import cut_refiners
+
+    base = _short_refiner_model()
+    at = host.copy()
+    at.rattle(0.05, seed=3)
+    s = [DefectStructure.from_host(at, spec)]
+    full = predict_sites(base, s, all_layers=True)[0]  # (10, n, 3)
+    assert base.stage_ends() == [3, 6, 9] and len(full) == 10
+    for k in (1, 2):
+        cut = cut_refiners(base, k)
+        assert cut.refiner_layers == k and cut.config.layers == 3
+        assert cut.stage_ends() == [3, 3 + k, 3 + 2 * k]
+        assert cut.stage_ends(2) == [3, 3 + k] and cut.stage_ends(9) == cut.stage_ends()
+        assert all(len(r.layers) == k for r in cut.refiners)
+        assert not cut.refiners[0].layers[-1].aggregate
+        out = predict_sites(cut, s, all_layers=True)[0]
+        assert len(out) == 4 + 2 * k
+        np.testing.assert_allclose(out[: 4 + k], full[: 4 + k], atol=1e-10)
+        assert np.abs(out[-1] - full[-1]).max() > 1e-4  # the last stage starts elsewhere
+    assert cut_refiners(base, 3) is base
+    with pytest.raises(ValueError, match="from 1 to 3"):
+        cut_refiners(base, 4)
+    with pytest.raises(ValueError, match="has none"):
+        cut_refiners(tiny_model(), 1)
+
+
+def test_short_refiners_are_equivariant_and_round_trip(host, spec, tmp_path):
+    from ase_definet.train.finetune import cut_refiners
+
+    model = cut_refiners(_short_refiner_model(), 1)
+    at = host.copy()
+    at.rattle(0.05, seed=4)
+    ref = predict_sites(model, [DefectStructure.from_host(at, spec)])[0]
+    R = Rotation.random(random_state=5).as_matrix()
+    rot = at.copy()
+    rot.set_cell(at.cell[:] @ R.T, scale_atoms=False)
+    rot.positions = at.positions @ R.T
+    out = predict_sites(model, [DefectStructure.from_host(rot, spec)])[0]
+    assert np.abs(out - ref @ R.T).max() < 1e-9
+    # the file carries refine_layers; a config that claims other layers is refused
+    save_checkpoint(model, tmp_path / "short.safetensors", {"data": "test"})
+    back, _ = load_checkpoint(tmp_path / "short.safetensors")
+    assert back.config.refine_layers == 1
+    again = predict_sites(back.double(), [DefectStructure.from_host(at, spec)])[0]
+    np.testing.assert_allclose(again, ref, atol=1e-6)
+    from ase_definet.core.checkpoint import _check_shapes
+
+    bad = replace(model.config, refine_layers=2)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="refine_layers=2, but the file holds 1"):
+        _check_shapes(tmp_path / "short.safetensors", bad, shapes)
+
+
+def test_finetune_refine_layers_from_the_command_line(tmp_path, host, spec, capsys):
+    frames = []
+    for p in synthetic_pairs(10):
+        frames += [p.unrelaxed, p.relaxed()]
+    write(tmp_path / "pairs.extxyz", frames)
+    write(tmp_path / "host.cif", small_host(3))
+    base = tiny_model(hidden=16, layers=3, refine=2)
+    save_checkpoint(base, tmp_path / "base.safetensors", {"data": "test"})
+    ft = ["finetune", "--from", str(tmp_path / "base.safetensors"), "--data",
+          str(tmp_path / "pairs.extxyz"), "--pristine", str(tmp_path / "host.cif"),
+          "--epochs", "1", "--batch-size", "4", "--lr", "0"]
+    assert cli(ft + ["--out", str(tmp_path / "s"), "--keep-stages", "2",
+                     "--refine-layers", "1"]) == 0
+    short, meta = load_checkpoint(tmp_path / "s" / "best.safetensors")
+    assert short.config.refine == 1 and short.refiner_layers == 1
+    assert meta["cut_refine_layers"] == {"kept": 1, "of": 3}
+    assert meta["kept_stages"] == {"kept": 2, "of": 3}
+    r = DefiNetRelaxer(host, defects=spec, model=short, logfile=None)
+    r.run()
+    assert r.layers.shape[0] == 5 and np.isfinite(r.uncertainty).all()
+    assert r.todict()["refine_layers"] == 1
+    capsys.readouterr()
+    assert cli(["info", str(tmp_path / "s" / "best.safetensors")]) == 0
+    assert "3 layers + 1 refinement stage of 1 layer" in capsys.readouterr().out
+    assert cli(ft + ["--out", str(tmp_path / "bad"), "--refine-layers", "4"]) == 2
+    assert "--refine-layers must be from 1 to 3" in capsys.readouterr().err

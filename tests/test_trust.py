@@ -34,12 +34,17 @@ def test_stage_spread_sums_the_corrections_after_the_first_stage():
     layers[3 * T, 2, 1] = 0.4  # and site 2 by 0.4 Å (on top of its 1 Å in x)
     layers[3 * T, 2, 0] = 1.0
     layers[3 * T, [0, 3], 0] = 1.0
-    assert stage_spread(layers, T) == pytest.approx([0, 0.6, 0.4, 0])
+    assert stage_spread(layers, [T, 2 * T, 3 * T]) == pytest.approx([0, 0.6, 0.4, 0])
     one = np.zeros((T + 1, n, 3))
     one[T, 0, 2] = 0.2
-    assert stage_spread(one, T) == pytest.approx([0.2, 0, 0, 0])  # one stage: last layer
-    with pytest.raises(ValueError, match="whole stages"):
-        stage_spread(np.zeros((4, n, 3)), 2)
+    assert stage_spread(one, [T]) == pytest.approx([0.2, 0, 0, 0])  # one stage: last layer
+    # refiners of one layer: the stages end at T, T + 1, T + 2
+    short = layers[[*range(T + 1), 2 * T, 3 * T]]
+    assert stage_spread(short, [T, T + 1, T + 2]) == pytest.approx([0, 0.6, 0.4, 0])
+    with pytest.raises(ValueError, match="do not end at stages"):
+        stage_spread(np.zeros((4, n, 3)), [2, 4])
+    with pytest.raises(ValueError, match="do not end at stages"):
+        stage_spread(np.zeros((5, n, 3)), [4, 4])
 
 
 def _structures(rng, n_structures=300):

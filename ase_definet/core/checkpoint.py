@@ -121,8 +121,10 @@ def _check_shapes(path: Path, config: DefiNetConfig, shapes: dict[str, tuple[int
                         "stage(s)")
     for p in ["", *(f"refiners.{r}." for r in range(min(n_stages, config.refine)))]:
         n_layers = count(re.escape(p) + r"layers\.(\d+)\.")
-        if n_layers != config.layers:
-            problems.append(f"layers={config.layers}, but the file holds {n_layers} "
+        want_layers = config.layers if not p else config.refine_layers or config.layers
+        if n_layers != want_layers:
+            setting = "layers" if not p or not config.refine_layers else "refine_layers"
+            problems.append(f"{setting}={want_layers}, but the file holds {n_layers} "
                             f"layer(s) in {p or 'the first stage'}")
         want = {f"{p}element_embedding.weight": (n_el, F),
                 f"{p}marker_embedding.weight": (3, F), f"{p}global_scalar": (F,),

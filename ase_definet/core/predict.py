@@ -60,9 +60,9 @@ class BatchOutput:
     """What the model computed for one batch of structures.
 
     Attributes:
-        layers: the coordinates after every layer, ``[r^(0), ..., r^(S*T)]`` for the S
-            stages run, each (N, 3) Å over the N sites of the batch, in the model's
-            dtype on its device; ``r^(0)`` is the input.
+        layers: the coordinates after every layer, ``[r^(0), ..., r^(L)]`` for the
+            stages run (``DefiNet.stage_ends``), each (N, 3) Å over the N sites of the
+            batch, in the model's dtype on its device; ``r^(0)`` is the input.
         sizes: (B,) number of sites of each structure, in batch order.
     """
 
@@ -121,7 +121,7 @@ def predict_sites(model: DefiNet, structures: Sequence[DefectStructure],
     """Relaxed coordinates of every site of every structure.
 
     Returns, per structure, an array (n_sites, 3) Å, or with ``all_layers`` the
-    coordinates after every layer (S*T+1, n_sites, 3) of the S stages run, layer 0
+    coordinates after every layer (L+1, n_sites, 3) of the stages run, layer 0
     being the input. ``compile`` runs the forward pass through :func:`compiled`.
     ``stages`` runs only the first stages of a model with refinement stages (faster,
     less accurate; default all).

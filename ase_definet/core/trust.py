@@ -67,12 +67,12 @@ def domain_reasons(model: DefiNet, structure: DefectStructure) -> list[str]:
 
 def assess(model: DefiNet, structure: DefectStructure, layers: np.ndarray,
            stages_run: int, sites: np.ndarray | None = None) -> Assessment:
-    """Uncertainty of a prediction from its layer outputs (S*T+1, n_sites, 3) Å, for the
+    """Uncertainty of a prediction from its layer outputs (L+1, n_sites, 3) Å, for the
     atoms on ``sites`` (default ``structure.atom_sites``: the user's atoms, in their
     order), and the structure-level reason when its mean exceeds the calibrated
     threshold."""
     sites = structure.atom_sites if sites is None else sites
-    spread = stage_spread(layers, model.config.layers)[sites]
+    spread = stage_spread(layers, model.stage_ends(stages_run))[sites]
     cal = calibrations_from_metadata(_metadata(model)).get(stages_run)
     if cal is None:
         if not getattr(model, "_definet_uncalibrated_said", False):  # once per model

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -33,22 +34,25 @@ METADATA_KEY = "uncertainty"
 _FLOOR = 1e-6  # Å, spreads below are treated as this (log scale)
 
 
-def stage_spread(layers: np.ndarray, layers_per_stage: int) -> np.ndarray:
+def stage_spread(layers: np.ndarray, stage_ends: Sequence[int]) -> np.ndarray:
     """The spread (n_sites,) Å of coordinates after every layer.
 
     Args:
-        layers: (S*T+1, n_sites, 3) Å, layer 0 the input, as returned by
+        layers: (L+1, n_sites, 3) Å, layer 0 the input, as returned by
             :func:`ase_definet.core.predict.predict_sites` with ``all_layers``.
-        layers_per_stage: T.
+        stage_ends: the index in ``layers`` of each stage's prediction
+            (:meth:`~ase_definet.model.DefiNet.stage_ends`); the last must be L.
+
+    One stage: the last layer's step. More: the summed distances between successive
+    stages' predictions.
     """
     layers = np.asarray(layers, dtype=float)
-    n_stages = (len(layers) - 1) // layers_per_stage
-    if n_stages < 1 or (len(layers) - 1) % layers_per_stage:
-        raise ValueError(f"{len(layers)} layer outputs do not make whole stages of "
-                         f"{layers_per_stage} layers")
-    if n_stages == 1:
+    ends = [int(e) for e in stage_ends]
+    if not ends or ends[-1] != len(layers) - 1 or any(b <= a for a, b in pairwise(ends)):
+        raise ValueError(f"{len(layers)} layer outputs do not end at stages {ends}")
+    if len(ends) == 1:
         return np.linalg.norm(layers[-1] - layers[-2], axis=-1)
-    stage_out = layers[layers_per_stage::layers_per_stage]  # (S, n, 3)
+    stage_out = layers[ends]  # (S, n, 3)
     return np.linalg.norm(np.diff(stage_out, axis=0), axis=-1).sum(axis=0)
 
 

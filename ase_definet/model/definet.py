@@ -51,6 +51,10 @@ class DefiNetConfig:
             falls short on large, collective moves; a stage that starts close to the
             minimum sees the final neighbourhoods. ``definet finetune --add-stage``
             appends one, initialised as a copy of the last.
+        refine_layers: layers of each refinement stage (``None``: ``layers``). A stage
+            that starts close to the minimum needs fewer layers than the first; a
+            one-layer refiner costs a quarter of a four-layer one. ``definet finetune
+            --refine-layers K`` cuts a checkpoint's refiners to their first K layers.
     """
 
     hidden: int = 512
@@ -64,9 +68,19 @@ class DefiNetConfig:
     displacement_init: float = 0.01
     axial_global: bool = False
     refine: int = 0
+    refine_layers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def layer_summary(self) -> str:
+        """The stages and their layers in words: "4 layers x 3 stages", or "4 layers +
+        2 refinement stages of 1 layer"."""
+        S, T, R = self.refine + 1, self.layers, self.refine_layers or self.layers
+        if R == T:
+            return f"{T} layers x {S} stage{'s' if S > 1 else ''}"
+        return (f"{T} layers + {S - 1} refinement stage{'s' if S > 2 else ''} of {R} "
+                f"layer{'s' if R > 1 else ''}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DefiNetConfig:
@@ -252,7 +266,25 @@ class DefiNet(nn.Module):
                 layer.coord_q[-1].bias.zero_()
         if cfg.refine < 0:
             raise ValueError(f"refine must be >= 0, got {cfg.refine}")
-        self.refiners = nn.ModuleList(DefiNet(cfg, refine=0) for _ in range(cfg.refine))
+        if cfg.refine_layers is not None and (isinstance(cfg.refine_layers, bool)
+                                              or int(cfg.refine_layers) < 1):
+            raise ValueError(f"refine_layers must be None or >= 1, got {cfg.refine_layers}")
+        self.refiners = nn.ModuleList(
+            DefiNet(cfg, refine=0, layers=self.refiner_layers, refine_layers=None)
+            for _ in range(cfg.refine))
+
+    @property
+    def refiner_layers(self) -> int:
+        """Layers of each refinement stage."""
+        return int(self.config.refine_layers or self.config.layers)
+
+    def stage_ends(self, stages: int | None = None) -> list[int]:
+        """Where each stage's prediction sits in the layer outputs ``[r^(0), ...]`` of
+        :meth:`forward` with ``stages`` (default all): ``[T, T + R, T + 2R, ...]``, T
+        the first stage's layers and R a refiner's."""
+        n = self.config.refine + 1 if stages is None else max(min(int(stages),
+                                                                   self.config.refine + 1), 1)
+        return [self.config.layers + s * self.refiner_layers for s in range(n)]
 
     def blank_like(self, **changes: Any) -> DefiNet:
         """A freshly initialised DefiNet with this model's configuration, updated by
@@ -304,8 +336,9 @@ class DefiNet(nn.Module):
 
         Returns:
             Coordinates after every layer, ``[r^(0), ..., r^(T)]``, each (N, 3) Å;
-            ``r^(T)`` is the prediction. With ``refine`` stages, each appends its T
-            layers, starting from the last prediction.
+            ``r^(T)`` is the prediction. With ``refine`` stages, each appends its
+            layers (``refine_layers``), starting from the last prediction; see
+            :meth:`stage_ends`.
         """
         out = self._stage(g)
         for stage in self.refiners[:None if stages is None else max(stages - 1, 0)]:

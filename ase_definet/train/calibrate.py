@@ -45,8 +45,8 @@ class StructureRecord:
 def collect(model: DefiNet, dataset: PairDataset, batch_size: int = 8,
             progress: bool = True) -> list[StructureRecord]:
     """One forward pass per batch; the spreads and errors of every stage count are read
-    off the layer outputs (stage s's prediction is the output of layer s*T)."""
-    T, S = model.config.layers, model.config.refine + 1
+    off the layer outputs (stage s's prediction is ``model.stage_ends()[s - 1]``)."""
+    ends = model.stage_ends()
     records: list[StructureRecord] = []
     k = 0
     batches = tqdm(iter_batches(dataset, batch_size, shuffle=False),
@@ -61,9 +61,9 @@ def collect(model: DefiNet, dataset: PairDataset, batch_size: int = 8,
                 k += 1
                 rec = StructureRecord(info=dict(info))
                 rec.dummy = np.linalg.norm(layers[0, sl][m] - target[sl][m], axis=1)
-                for s in range(1, S + 1):
-                    run = layers[: s * T + 1, sl]
-                    rec.spread[s] = stage_spread(run, T)[m]
+                for s in range(1, len(ends) + 1):
+                    run = layers[: ends[s - 1] + 1, sl]
+                    rec.spread[s] = stage_spread(run, ends[:s])[m]
                     rec.error[s] = np.linalg.norm(run[-1][m] - target[sl][m], axis=1)
                 records.append(rec)
     return records

@@ -51,7 +51,7 @@ def write_model_card(checkpoint: Path, test_set: PairDataset | None = None,
         lines.append(f"- widened from F={w['from_hidden']} to F={w['to_hidden']} before "
                      "training (function-preserving)")
     lines += ["", "## Architecture and graph", "",
-              f"- width F = {cfg.hidden}, layers T = {cfg.layers}, radial basis {cfg.n_rbf}",
+              f"- width F = {cfg.hidden}, {cfg.layer_summary()}, radial basis {cfg.n_rbf}",
               f"- cutoff D = {cfg.cutoff} Å, neighbour cap N = {cfg.max_neighbors}",
               f"- consensus activation temperature tau = {cfg.tau}",
               "- axial global channel (an extension beyond the paper): "

@@ -125,6 +125,10 @@ def add_commands(sub) -> None:
                    help="keep only the first K stages of the checkpoint (what it computes "
                    "with stages=K) and fine-tune those, e.g. 1 for a faster one-stage "
                    "model; with --add-stage, the new stage goes on top of them")
+    f.add_argument("--refine-layers", type=int, default=None, metavar="K",
+                   help="cut every refinement stage to its first K layers (a cheaper "
+                   "refinement: one layer costs about a quarter of four); after "
+                   "--keep-stages and --add-stage")
     _add_train_args(f)
     f.set_defaults(func=cmd_train)
     e = sub.add_parser("evaluate", help="coordinate MAE, A3-A6 and the Dummy baseline")
@@ -226,12 +230,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_finetune_changes(model_over)
         base = get_model(cfg.init_from, "cpu")
         add_stage = bool(getattr(args, "add_stage", False))
-        model = prepare_finetune(base, **model_over, add_stage=add_stage,
-                                 keep_stages=getattr(args, "keep_stages", None),
+        surgery = {k: getattr(args, k, None) for k in ("keep_stages", "refine_layers")}
+        model = prepare_finetune(base, **model_over, add_stage=add_stage, **surgery,
                                  seed=cfg.seed, name=str(cfg.init_from))
         cfg.train_stage = finetune_train_stage(cfg.train_stage, add_stage)
-        finetune_meta = finetune_metadata(base, model, cfg.init_from,
-                                          getattr(args, "keep_stages", None))
+        finetune_meta = finetune_metadata(base, model, cfg.init_from, **surgery)
         # record the architecture actually trained (the config file's `model` is unused)
         cfg.model = {k: v for k, v in model.config.to_dict().items() if k != "elements"}
         cutoff, max_nb = model.cutoff, model.max_neighbors

@@ -4,8 +4,9 @@ A checkpoint keeps its architecture when fine-tuned, except for what can change 
 changing its output: the neighbour cap (a graph setting, not a weight shape), the axial
 global channel (it starts inert), the width (grown by an integer factor, function
 preserving, :func:`~ase_definet.model.widen.widen_model`), a refinement stage
-appended as a copy of the last one, and the number of stages cut to a prefix (the
-first K stages alone compute what ``stages=K`` does). :func:`prepare_finetune` does all
+appended as a copy of the last one, the number of stages cut to a prefix (the
+first K stages alone compute what ``stages=K`` does), and the refinement stages cut
+to their first layers. :func:`prepare_finetune` does all
 of it::
 
     base = get_model("default", "cpu")
@@ -16,6 +17,7 @@ of it::
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,6 +75,35 @@ def first_stages(base: DefiNet, keep: int, name: str = "the checkpoint") -> Defi
     return model
 
 
+def cut_refiners(base: DefiNet, layers: int, name: str = "the checkpoint") -> DefiNet:
+    """``base`` with every refinement stage cut to its first ``layers`` layers (``base``
+    itself when they have that many). The first refiner's prediction is then what the
+    uncut one had after ``layers`` layers; later stages start from it. ``ValueError``
+    unless ``base`` has refiners and 1 <= ``layers`` <= their layer count."""
+    R = base.refiner_layers
+    if not base.config.refine:
+        raise ValueError(f"--refine-layers needs refinement stages, and {name} has none "
+                         "(add one with --add-stage)")
+    if isinstance(layers, bool) or not 1 <= int(layers) <= R:
+        raise ValueError(f"--refine-layers must be from 1 to {R}, the layers of each "
+                         f"refinement stage of {name}; got {layers}")
+    layers = int(layers)
+    if layers == R:
+        return base
+    model = base.blank_like(refine_layers=layers)
+    kept = {k: v for k, v in base.state_dict().items()
+            if not ((m := re.match(r"refiners\.\d+\.layers\.(\d+)\.", k))
+                    and int(m.group(1)) >= layers)}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    # the new last layer of each refiner feeds no global node: its aggregation goes
+    last = re.compile(rf"refiners\.\d+\.layers\.{layers - 1}\.(agg_|ax_norm_out|ax_a|ax_b|ax_out)")
+    if missing or any(not last.match(k) for k in unexpected):
+        raise ValueError(f"{name} does not match its own configuration: missing {missing}, "
+                         f"unexpected {unexpected}")
+    logger.info("cut the refinement stages of %s from %d to %d layer(s)", name, R, layers)
+    return model
+
+
 def load_base_weights(model: DefiNet, base: DefiNet, *, new_stage: bool = False,
                       name: str = "the checkpoint") -> DefiNet:
     """Copy ``base``'s weights into ``model`` (same architecture, up to a new axial
@@ -96,7 +127,8 @@ def load_base_weights(model: DefiNet, base: DefiNet, *, new_stage: bool = False,
 
 def prepare_finetune(base: DefiNet, *, hidden: int | None = None,
                      max_neighbors: int | None = None, axial_global: bool | None = None,
-                     add_stage: bool = False, keep_stages: int | None = None, seed: int = 0,
+                     add_stage: bool = False, keep_stages: int | None = None,
+                     refine_layers: int | None = None, seed: int = 0,
                      name: str = "the checkpoint") -> DefiNet:
     """The model a fine-tuning run of ``base`` starts from (``base`` is left as it is).
 
@@ -111,6 +143,8 @@ def prepare_finetune(base: DefiNet, *, hidden: int | None = None,
             (train it with :func:`finetune_train_stage`).
         keep_stages: keep only the first this many stages (:func:`first_stages`;
             before ``add_stage``); ``None`` keeps them all.
+        refine_layers: cut every refinement stage to its first this many layers
+            (:func:`cut_refiners`; after ``add_stage``); ``None`` keeps them.
         name: what ``base`` is called in messages (its weights name or path).
 
     Returns a new :class:`DefiNet`, on ``base``'s device and in its dtype, that computes
@@ -126,7 +160,8 @@ def prepare_finetune(base: DefiNet, *, hidden: int | None = None,
     changes = {k: v for k, v in (("max_neighbors", max_neighbors),
                                  ("axial_global", axial_global)) if v is not None}
     model = base.blank_like(**changes, refine=base.config.refine + bool(add_stage))
-    return load_base_weights(model, base, new_stage=bool(add_stage), name=name)
+    model = load_base_weights(model, base, new_stage=bool(add_stage), name=name)
+    return model if refine_layers is None else cut_refiners(model, refine_layers, name)
 
 
 def finetune_train_stage(train_stage: int | None, add_stage: bool) -> int | None:
@@ -138,7 +173,8 @@ def finetune_train_stage(train_stage: int | None, add_stage: bool) -> int | None
 
 
 def finetune_metadata(base: DefiNet, model: DefiNet, name: str,
-                      keep_stages: int | None = None) -> dict[str, Any]:
+                      keep_stages: int | None = None,
+                      refine_layers: int | None = None) -> dict[str, Any]:
     """The checkpoint metadata of a fine-tuning run of ``base`` (called ``name``) that
     starts from ``model``: ``finetuned_from``; if widened, ``widened``; if cut to its
     first stages, ``kept_stages``."""
@@ -146,6 +182,8 @@ def finetune_metadata(base: DefiNet, model: DefiNet, name: str,
     n = base.config.refine + 1
     if keep_stages is not None and keep_stages < n:
         meta["kept_stages"] = {"kept": int(keep_stages), "of": n}
+    if refine_layers is not None and model.refiner_layers < base.refiner_layers:
+        meta["cut_refine_layers"] = {"kept": model.refiner_layers, "of": base.refiner_layers}
     if model.config.hidden != base.config.hidden:
         meta["widened"] = {"from_hidden": base.config.hidden, "to_hidden": model.config.hidden}
     return meta
