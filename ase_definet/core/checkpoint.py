@@ -121,7 +121,7 @@ def _check_shapes(path: Path, config: DefiNetConfig, shapes: dict[str, tuple[int
                         "stage(s)")
     for p in ["", *(f"refiners.{r}." for r in range(min(n_stages, config.refine)))]:
         n_layers = count(re.escape(p) + r"layers\.(\d+)\.")
-        want_layers = config.layers if not p else config.refine_layers or config.layers
+        want_layers = config.refiner_layers if p else config.layers
         if n_layers != want_layers:
             setting = "layers" if not p or not config.refine_layers else "refine_layers"
             problems.append(f"{setting}={want_layers}, but the file holds {n_layers} "

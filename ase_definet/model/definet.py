@@ -73,10 +73,15 @@ class DefiNetConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def refiner_layers(self) -> int:
+        """Layers of each refinement stage (``refine_layers``, else ``layers``)."""
+        return int(self.refine_layers or self.layers)
+
     def layer_summary(self) -> str:
         """The stages and their layers in words: "4 layers x 3 stages", or "4 layers +
         2 refinement stages of 1 layer"."""
-        S, T, R = self.refine + 1, self.layers, self.refine_layers or self.layers
+        S, T, R = self.refine + 1, self.layers, self.refiner_layers
         if R == T:
             return f"{T} layers x {S} stage{'s' if S > 1 else ''}"
         return (f"{T} layers + {S - 1} refinement stage{'s' if S > 2 else ''} of {R} "
@@ -276,7 +281,7 @@ class DefiNet(nn.Module):
     @property
     def refiner_layers(self) -> int:
         """Layers of each refinement stage."""
-        return int(self.config.refine_layers or self.config.layers)
+        return self.config.refiner_layers
 
     def stage_ends(self, stages: int | None = None) -> list[int]:
         """Where each stage's prediction sits in the layer outputs ``[r^(0), ...]`` of

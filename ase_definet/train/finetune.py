@@ -95,8 +95,9 @@ def cut_refiners(base: DefiNet, layers: int, name: str = "the checkpoint") -> De
             if not ((m := re.match(r"refiners\.\d+\.layers\.(\d+)\.", k))
                     and int(m.group(1)) >= layers)}
     missing, unexpected = model.load_state_dict(kept, strict=False)
-    # the new last layer of each refiner feeds no global node: its aggregation goes
-    last = re.compile(rf"refiners\.\d+\.layers\.{layers - 1}\.(agg_|ax_norm_out|ax_a|ax_b|ax_out)")
+    # the new last layer of each refiner feeds no global node: only its aggregation
+    # weights (whatever DefiNetLayer names them) may be left over
+    last = re.compile(rf"refiners\.\d+\.layers\.{layers - 1}\.")
     if missing or any(not last.match(k) for k in unexpected):
         raise ValueError(f"{name} does not match its own configuration: missing {missing}, "
                          f"unexpected {unexpected}")
@@ -177,7 +178,8 @@ def finetune_metadata(base: DefiNet, model: DefiNet, name: str,
                       refine_layers: int | None = None) -> dict[str, Any]:
     """The checkpoint metadata of a fine-tuning run of ``base`` (called ``name``) that
     starts from ``model``: ``finetuned_from``; if widened, ``widened``; if cut to its
-    first stages, ``kept_stages``."""
+    first stages, ``kept_stages``; if its refiners were cut to their first layers,
+    ``cut_refine_layers``."""
     meta: dict[str, Any] = {"finetuned_from": str(name)}
     n = base.config.refine + 1
     if keep_stages is not None and keep_stages < n:
