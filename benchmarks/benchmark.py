@@ -139,10 +139,45 @@ def bench_teacher(n: int, fmax: float = 0.01) -> tuple[float, int]:
     return time.perf_counter() - t0, opt.nsteps
 
 
+def bench_model(name: str, args: argparse.Namespace) -> tuple[list[dict], float]:
+    """Rows per size and the batched 8x8 throughput (structures/s) of one weights name."""
+    model = get_model(name, args.device).eval()
+    print(f"# model {name}: {model.config.layer_summary()}, F={model.config.hidden} "
+          f"stages={args.stages or 1 + model.config.refine} of {1 + model.config.refine} "
+          f"D={model.cutoff} N={model.max_neighbors}")
+    rows = []
+    for n in sorted(args.sizes):
+        rows.append({"model": name} | bench_size(model, n, args.repeats, args.compile,
+                                                 args.stages, name=name))
+        logger.info("%s %s done", name, rows[-1]["size"])
+    for r in rows:
+        r["relax_vs_first"] = r["relax_ms"] / rows[0]["relax_ms"]
+    tput = bench_throughput(model, args.batch_size, args.throughput_structures, args.compile,
+                            args.stages)
+    return rows, tput
+
+
+def print_table(rows: list[dict], tput: float, args: argparse.Namespace) -> None:
+    head = (f"{'size':>7}{'sites':>7}{'edges':>9}{'graph ms':>10}{'fwd ms':>9}{'relax ms':>10}"
+            f"{'x first':>8}{'peak MB':>9}{'CHGNet+FIRE s':>15}{'steps':>7}{'speedup':>9}")
+    print(f"## {rows[0]['model']}")
+    print(head)
+    for r in rows:
+        teacher = (f"{r['chgnet_fire_s']:15.1f}{r['chgnet_steps']:7d}{r['speedup']:9.0f}"
+                   if "speedup" in r else f"{'-':>15}{'-':>7}{'-':>9}")
+        print(f"{r['size']:>7}{r['sites']:>7}{r['edges']:>9}{r['graph_ms']:10.1f}"
+              f"{r['forward_ms']:9.1f}{r['relax_ms']:10.1f}{r['relax_vs_first']:8.1f}"
+              f"{r['peak_mb']:9.0f}{teacher}")
+    print(f"batched 8x8 throughput: {tput:.1f} structures/s (batch {args.batch_size}, "
+          f"{args.throughput_structures} structures)")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default")
+    p.add_argument("--model", nargs="+", default=["default"],
+                   help="weights names or paths, timed one after the other in this run "
+                        "beside the same teacher measurement (e.g. --model default fast)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--repeats", type=int, default=5)
@@ -162,55 +197,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     set_backend(args.scatter)
-    model = get_model(args.model, args.device).eval()
-    dev = next(model.parameters()).device
+    dev = torch.device(args.device)
     print(f"# {platform.node()} | {platform.processor() or platform.machine()} | "
           f"torch {torch.__version__} | {torch.get_num_threads()} CPU threads | device {dev}"
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
-    print(f"# model {args.model}: F={model.config.hidden} T={model.config.layers} "
-          f"stages={args.stages or 1 + model.config.refine} of {1 + model.config.refine} "
-          f"D={model.cutoff} N={model.max_neighbors}; "
-          f"medians of {args.repeats} after warm-up"
-          + f"; scatter {get_backend(dev)}"
+    print(f"# medians of {args.repeats} after warm-up; scatter {get_backend(dev)}"
           + ("; torch.compile (end-to-end = predict_sites, no ASE wrapper)"
              if args.compile else ""))
-    rows = []
-    for n in sorted(args.sizes):
-        rows.append(bench_size(model, n, args.repeats, args.compile, args.stages,
-                               name=args.model))
-        logger.info("%s done", rows[-1]["size"])
-    base = rows[0]["relax_ms"]
-    for r in rows:
-        r["relax_vs_first"] = r["relax_ms"] / base
+    results = [bench_model(name, args) for name in args.model]
     if not args.no_teacher:
-        for r in rows:
-            n = int(r["size"].split("x")[0])
-            if n in args.teacher_sizes:
-                t, steps = bench_teacher(n)
-                r |= {"chgnet_fire_s": t, "chgnet_steps": steps,
-                      "speedup": t / (r["relax_ms"] / 1e3)}
-    tput = bench_throughput(model, args.batch_size, args.throughput_structures, args.compile,
-                            args.stages)
-    head = (f"{'size':>7}{'sites':>7}{'edges':>9}{'graph ms':>10}{'fwd ms':>9}{'relax ms':>10}"
-            f"{'x first':>8}{'peak MB':>9}{'CHGNet+FIRE s':>15}{'steps':>7}{'speedup':>9}")
-    print(head)
-    for r in rows:
-        teacher = (f"{r['chgnet_fire_s']:15.1f}{r['chgnet_steps']:7d}{r['speedup']:9.0f}"
-                   if "speedup" in r else f"{'-':>15}{'-':>7}{'-':>9}")
-        print(f"{r['size']:>7}{r['sites']:>7}{r['edges']:>9}{r['graph_ms']:10.1f}"
-              f"{r['forward_ms']:9.1f}{r['relax_ms']:10.1f}{r['relax_vs_first']:8.1f}"
-              f"{r['peak_mb']:9.0f}{teacher}")
-    print(f"batched 8x8 throughput: {tput:.1f} structures/s (batch {args.batch_size}, "
-          f"{args.throughput_structures} structures)")
+        for n in sorted(set(args.teacher_sizes) & set(args.sizes)):
+            t, steps = bench_teacher(n)
+            for rows, _ in results:
+                for r in rows:
+                    if r["size"] == f"{n}x{n}":
+                        r |= {"chgnet_fire_s": t, "chgnet_steps": steps,
+                              "speedup": t / (r["relax_ms"] / 1e3)}
+    for rows, tput in results:
+        print_table(rows, tput, args)
+    all_rows = [r | {"throughput_8x8_per_s": tput} for rows, tput in results for r in rows]
     if args.csv:
-        keys = list(dict.fromkeys(k for r in rows for k in r))  # first-seen order
+        keys = list(dict.fromkeys(k for r in all_rows for k in r))  # first-seen order
         with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys + ["throughput_8x8_per_s"])
+            w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
-            for r in rows:
-                w.writerow({**r, "throughput_8x8_per_s": tput})
+            w.writerows(all_rows)
         print(f"wrote {args.csv}")
-    return rows
+    return all_rows
 
 
 if __name__ == "__main__":

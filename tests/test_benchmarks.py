@@ -32,20 +32,24 @@ def ckpt(tmp_path):
 
 def test_benchmark_table_and_csv(tmp_path, ckpt, capsys):
     out = tmp_path / "bench.csv"
+    small = str(save_checkpoint(tiny_model(hidden=8, layers=1), tmp_path / "small.safetensors"))
     rows = load(ROOT / "benchmarks" / "benchmark.py").main(
-        ["--model", ckpt, "--sizes", "3", "2", "--repeats", "1", "--no-teacher",
+        ["--model", ckpt, small, "--sizes", "3", "2", "--repeats", "1", "--no-teacher",
          "--throughput-structures", "4", "--batch-size", "2", "--threads", "1",
          "--csv", str(out)])
-    assert [r["size"] for r in rows] == ["2x2", "3x3"]
-    assert rows[1]["sites"] == 27 and rows[0]["relax_vs_first"] == 1.0
+    # two weights in one run, each with its own rows, in the order given
+    assert [(r["model"], r["size"]) for r in rows] == [
+        (ckpt, "2x2"), (ckpt, "3x3"), (small, "2x2"), (small, "3x3")]
+    assert rows[1]["sites"] == 27 and rows[0]["relax_vs_first"] == rows[2]["relax_vs_first"] == 1.0
     # relax = graph + forward, timed separately: under load one repeat of each can come
     # out in either order (the published 64x64 row did), so only a loose bound
     assert all(r["forward_ms"] > 0 and r["relax_ms"] > 0.5 * r["forward_ms"] for r in rows)
     table = capsys.readouterr().out
-    assert "batched 8x8 throughput" in table and "3x3" in table
+    assert table.count("batched 8x8 throughput") == 2 and f"## {small}" in table
     with open(out) as fh:
         saved = list(csv.DictReader(fh))
-    assert len(saved) == 2 and float(saved[0]["throughput_8x8_per_s"]) > 0
+    assert len(saved) == 4 and float(saved[0]["throughput_8x8_per_s"]) > 0
+    assert [r["model"] for r in saved] == [ckpt, ckpt, small, small]
 
 
 def test_model_size_table(tmp_path, ckpt, capsys):

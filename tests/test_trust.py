@@ -10,7 +10,7 @@ import pytest
 from ase.calculators.calculator import Calculator, all_changes
 from ase.constraints import FixAtoms
 
-from ase_definet import DefiNetRelaxer, OutOfRangeWarning
+from ase_definet import DefiNetRelaxer, OutOfRangeWarning, available_weights
 from ase_definet.batch import relax_many
 from ase_definet.core.domain import Domain, defect_kinds, host_distances
 from ase_definet.core.uncertainty import Calibration, fit_calibration, stage_spread
@@ -284,14 +284,17 @@ def test_cli_writes_the_uncertainty_into_extxyz_and_plots_it(tmp_path, host):
     assert png.stat().st_size > 10_000
 
 
-def test_shipped_weights_carry_a_calibration_and_a_domain(host):
+@pytest.mark.parametrize("name", available_weights())
+def test_shipped_weights_carry_a_calibration_and_a_domain(host, name):
     from ase_definet.core.checkpoint import read_metadata
     from ase_definet.core.domain import Domain
     from ase_definet.core.uncertainty import calibrations_from_metadata
 
-    _, meta = read_metadata("default")
+    config, meta = read_metadata(name)
     cals = calibrations_from_metadata(meta)
-    assert sorted(cals) == [1, 2, 3] and all(c.n_atoms > 10_000 for c in cals.values())
+    n_stages = 1 + config.refine  # one calibration per number of stages run
+    assert sorted(cals) == list(range(1, n_stages + 1))
+    assert all(c.n_atoms > 10_000 for c in cals.values())
     dom = Domain.from_dict(meta["domain"])
     assert {"Mo-S", "Se-W", "B-N", "Ga-Se", "In-Se", "P-P"} <= set(dom.distances)
     assert {"V_S", "Mo>W", "P>N"} <= dom.defect_kinds and "S>Mo" not in dom.defect_kinds
@@ -299,6 +302,6 @@ def test_shipped_weights_carry_a_calibration_and_a_domain(host):
         warnings.simplefilter("error", OutOfRangeWarning)
         from ase_definet.core.hosts import get_host
 
-        for name in ("MoS2", "WSe2", "hBN", "GaSe", "InSe", "BP"):  # the usual lattices
-            DefiNetRelaxer(get_host(name).pristine(), defects={"vacancies": [0]},
-                           logfile=None)
+        for material in ("MoS2", "WSe2", "hBN", "GaSe", "InSe", "BP"):  # the usual lattices
+            DefiNetRelaxer(get_host(material).pristine(), defects={"vacancies": [0]},
+                           model=name, logfile=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ase_definet import DefiNetRelaxer, available_weights, get_model, load_checkpoint
 from ase_definet.cli import main as cli
@@ -10,15 +11,19 @@ from ase_definet.core.checkpoint import weights_dir
 from ase_definet.core.hosts import get_host
 
 
-def test_default_weights_load_by_name_with_card():
+def test_default_weights_are_shipped():
     assert "default" in available_weights()
-    model = get_model("default", "cpu")
+
+
+@pytest.mark.parametrize("name", available_weights())
+def test_named_weights_load_by_name_with_card(name):
+    model = get_model(name, "cpu")
     assert model.cutoff > 0 and model.max_neighbors
     assert {16, 42} <= set(model.elements)  # S and Mo: the demo host
-    _, meta = load_checkpoint(weights_dir().joinpath("default.safetensors"))
+    _, meta = load_checkpoint(weights_dir().joinpath(f"{name}.safetensors"))
     assert "CHGNet" in meta["data"]["description"] and "Not DFT" in meta["data"]["description"]
     assert meta["test_metrics"]["overall"]["all"] < meta["test_metrics"]["overall"]["dummy_all"]
-    card = weights_dir().joinpath("default.md").read_text()
+    card = weights_dir().joinpath(f"{name}.md").read_text()
     assert "CHGNet" in card and "## Test metrics" in card
 
 
@@ -34,13 +39,14 @@ def test_default_model_is_the_relaxer_default_and_moves_atoms_near_defects(capsy
     assert "Atoms that moved most" in capsys.readouterr().out
 
 
-def test_default_weights_carry_a_verified_checksum():
+@pytest.mark.parametrize("name", available_weights())
+def test_named_weights_carry_a_verified_checksum(name):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     from ase_definet.core.checkpoint import tensors_sha256
 
-    path = str(weights_dir().joinpath("default.safetensors"))
+    path = str(weights_dir().joinpath(f"{name}.safetensors"))
     with safe_open(path, framework="pt") as f:
         digest = f.metadata()["sha256"]
     assert tensors_sha256(load_file(path)) == digest  # what load_checkpoint verifies
