@@ -1,6 +1,6 @@
 """Relabel warm-started pairs from the unrelaxed structure (cold), file by file.
 
-    definet relabel 'data/variety/*.db' 'data/variety/tmp/*.db' --materials GaSe InSe BP
+    definet relabel 'data/variety/*.db' --materials GaSe InSe BP
 
 A warm-started label (``label_start = "prediction"``, :mod:`.generate`) is the teacher's
 minimum reached from a model's prediction. Where it lies within the label noise of the
