@@ -44,12 +44,42 @@ def teacher_steps(atoms, calc, fmax: float, optimizer: str = "FIRE",
     return opt.nsteps, bool(ok)
 
 
+def draw(pairs: list, n: int, per_material: int | None, seed: int) -> list:
+    """``n`` of ``pairs`` drawn with ``seed`` (file order kept), or with ``per_material``
+    at most that many of each material."""
+    rng = np.random.default_rng(seed)
+    if per_material is None:
+        return [pairs[i] for i in sorted(rng.choice(len(pairs), min(n, len(pairs)),
+                                                    replace=False))]
+    groups: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        groups.setdefault(pair.info.get("material", ""), []).append(i)
+    keep = [i for idx in groups.values()
+            for i in rng.choice(idx, min(per_material, len(idx)), replace=False)]
+    return [pairs[i] for i in sorted(keep)]
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Median steps and reduction over ``rows``, overall and per material."""
+    def med(sel: list[dict]) -> dict:
+        return {"pairs": len(sel),
+                "median_steps_unrelaxed": statistics.median(r["steps_unrelaxed"] for r in sel),
+                "median_steps_definet": statistics.median(r["steps_definet"] for r in sel),
+                "median_reduction": statistics.median(r["reduction"] for r in sel)}
+    summary = med(rows)
+    summary["materials"] = {m: med([r for r in rows if r["material"] == m])
+                            for m in sorted({r["material"] for r in rows})}
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["data"])
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=50, help="pairs (drawn with --seed)")
+    p.add_argument("--per-material", type=int, default=None, metavar="N",
+                   help="draw at most N pairs of each material instead (balanced hosts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="default")
     p.add_argument("--teacher", default="chgnet")
@@ -68,9 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = list(iter_pairs(expand_paths(args.data), split=args.split))
     if not pairs:
         raise SystemExit(f"no converged {args.split} pairs in {args.data}")
-    rng = np.random.default_rng(args.seed)
-    pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), min(args.n, len(pairs)),
-                                                 replace=False))]
+    pairs = draw(pairs, args.n, args.per_material, args.seed)
     model = get_model(args.model, "cpu")
     predicted = relax_many([(p.unrelaxed, p.pristine) for p in pairs], model=model,
                            batch_size=16, progress=False)
@@ -96,16 +124,17 @@ def main(argv: list[str] | None = None) -> dict:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    red = [r["reduction"] for r in rows]
-    summary = {"pairs": len(rows), "median_steps_unrelaxed": statistics.median(
-        r["steps_unrelaxed"] for r in rows), "median_steps_definet": statistics.median(
-        r["steps_definet"] for r in rows), "median_reduction": statistics.median(red)}
+    summary = summarise(rows)
     print(f"{args.teacher} {args.optimizer} to {args.fmax} eV/Å on {len(rows)} {args.split} pairs: "
           "median "
           f"{summary['median_steps_unrelaxed']:.0f} steps from the unrelaxed structure, "
           f"{summary['median_steps_definet']:.0f} from {args.model}'s prediction; median "
           f"reduction {100 * summary['median_reduction']:.0f} %"
           f"{f' (CSV: {args.csv})' if args.csv else ''}")
+    for m, s in summary["materials"].items():
+        print(f"  {m:6s} {s['pairs']:3d} pairs: median {s['median_steps_unrelaxed']:.0f} -> "
+              f"{s['median_steps_definet']:.0f} steps, reduction "
+              f"{100 * s['median_reduction']:.0f} %")
     return summary
 
 

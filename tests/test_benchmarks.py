@@ -261,3 +261,21 @@ def test_uncertainty_user_path_errors_follow_the_permuted_shifted_atoms(tmp_path
     overall = next(line for line in text.splitlines() if line.startswith("overall"))
     assert overall.split()[1:3] == ["4", str(4 * (len(host) - 1))]
     assert "cells=<=36" in text and "material=MoS2" in text
+
+
+def test_teacher_steps_draws_balanced_hosts_and_summarises_each():
+    from types import SimpleNamespace
+
+    mod = load(ROOT / "benchmarks" / "teacher_steps.py")
+    pairs = [SimpleNamespace(info={"material": m}) for m in ["MoS2"] * 8 + ["hBN"] * 2]
+    drawn = mod.draw(pairs, 50, 3, seed=0)
+    assert [p.info["material"] for p in drawn].count("MoS2") == 3
+    assert [p.info["material"] for p in drawn].count("hBN") == 2
+    assert len(mod.draw(pairs, 4, None, seed=0)) == 4
+    rows = [{"material": "MoS2", "steps_unrelaxed": 50, "steps_definet": 10, "reduction": 0.8},
+            {"material": "MoS2", "steps_unrelaxed": 40, "steps_definet": 20, "reduction": 0.5},
+            {"material": "hBN", "steps_unrelaxed": 100, "steps_definet": 90, "reduction": 0.1}]
+    s = mod.summarise(rows)
+    assert s["pairs"] == 3 and s["median_reduction"] == 0.5
+    assert s["materials"]["MoS2"]["median_reduction"] == pytest.approx(0.65)
+    assert s["materials"]["hBN"]["median_steps_definet"] == 90
