@@ -1,6 +1,6 @@
 """The inference-only forward pass (``model/inference.py``) gives the reference numbers:
-the autograd path of ``DefiNetLayer.forward``, and the stored output of the forward pass
-before it was optimised (issue 22), both on the shipped weights, to 1e-5 Å."""
+the autograd path of ``DefiNetLayer.forward``, and that path's stored output (computed
+when the weights were shipped), both on the shipped weights, to 1e-5 Å."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .conftest import tiny_model
 TOL = 1e-5  # Å
 REFERENCE = Path(__file__).parent / "data" / "definet_reference.npy"
 # the structures of REFERENCE: every layer of every stage, (13, 48 + 32, 3) Å, float32
-# forward pass of weights/default.safetensors (v16) before issue 22
+# reference (autograd) forward pass of weights/default.safetensors (v17)
 ITEMS = [("MoS2", 4, {"vacancies": [1, 20], "substitutions": {6: "W", 31: "Se"}}),
          ("hBN", 4, {"vacancies": [3], "substitutions": {10: "C"}})]
 

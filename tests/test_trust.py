@@ -305,3 +305,36 @@ def test_shipped_weights_carry_a_calibration_and_a_domain(host, name):
         for material in ("MoS2", "WSe2", "hBN", "GaSe", "InSe", "BP"):  # the usual lattices
             DefiNetRelaxer(get_host(material).pristine(), defects={"vacancies": [0]},
                            model=name, logfile=None)
+
+
+def test_cli_calibrate_records_calibration_domain_version_and_description(tmp_path):
+    """``definet calibrate`` writes a copy with the calibration of every stage count, the
+    training domain and, when asked, the weights' version and data description; the
+    tensors and the input file are left as they were."""
+    import ase.db
+    import torch
+
+    from ase_definet import load_checkpoint, save_checkpoint
+    from ase_definet.cli import main as cli
+    from ase_definet.data.store import write_pair
+
+    from .test_train import synthetic_pairs
+
+    db = tmp_path / "pairs.db"
+    with ase.db.connect(db) as conn:
+        for pair in synthetic_pairs(30):
+            pair.info["converged"] = True
+            write_pair(conn, pair)
+    src = save_checkpoint(tiny_model(refine=1), tmp_path / "m.safetensors")
+    before = src.read_bytes()
+    out = tmp_path / "calibrated.safetensors"
+    assert cli(["calibrate", str(src), "--data", str(db), "-o", str(out),
+                "--weights-version", "v99", "--description", "CHGNet pairs. Not DFT."]) == 0
+    assert src.read_bytes() == before
+    model, meta = load_checkpoint(out)
+    original, _ = load_checkpoint(src)
+    assert meta["weights_version"] == "v99"
+    assert meta["data"]["description"] == "CHGNet pairs. Not DFT."
+    assert sorted(meta["uncertainty"]) == ["1", "2"] and meta["domain"]
+    for a, b in zip(model.state_dict().values(), original.state_dict().values()):
+        assert torch.equal(a, b)

@@ -171,12 +171,15 @@ def format_report(rows: list[dict[str, Any]], last: str = "flagged") -> str:
 
 def calibrate_checkpoint(weights: str, data: list[str], out: str, split: str = "val",
                          train_split: str = "train", batch_size: int = 8,
-                         progress: bool = True, domain_data: list[str] | None = None
+                         progress: bool = True, domain_data: list[str] | None = None,
+                         weights_version: str | None = None, description: str | None = None
                          ) -> tuple[dict[int, Calibration], Domain]:
     """Fit the calibrations on ``split`` of ``data`` and the domain on ``train_split`` of
     ``domain_data`` (default ``data``: it must be what the weights were trained on), and
     write the checkpoint ``weights`` with both in its metadata to ``out`` (atomically;
-    ``out`` may be the input file; the tensors are unchanged)."""
+    ``out`` may be the input file; the tensors are unchanged). ``weights_version`` and
+    ``description`` (of the training data), when given, are recorded too (for shipped
+    weights: ``definet info`` shows both)."""
     from ..core.checkpoint import load_checkpoint, save_checkpoint
     from ..data.store import iter_pairs
     from .dataset import expand_paths
@@ -196,6 +199,10 @@ def calibrate_checkpoint(weights: str, data: list[str], out: str, split: str = "
                          "the training domain from")
     meta = {**meta, "uncertainty": {str(s): c.to_dict() for s, c in cals.items()},
             "domain": dom.to_dict()}
+    if weights_version:
+        meta["weights_version"] = weights_version
+    if description:
+        meta["data"] = {**meta.get("data", {}), "description": description}
     save_checkpoint(model, out, meta)
     return cals, dom
 
@@ -217,13 +224,19 @@ def add_command(sub) -> None:
     c.add_argument("-o", "--out", required=True,
                    help="output .safetensors (the input path updates it in place)")
     c.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    c.add_argument("--weights-version", default=None,
+                   help="record this version name (shipped weights, e.g. v17)")
+    c.add_argument("--description", default=None,
+                   help="record this description of the training data")
     c.set_defaults(func=cmd_calibrate)
 
 
 def cmd_calibrate(args) -> int:
     cals, dom = calibrate_checkpoint(args.weights, args.data, args.out, args.split,
                                      args.train_split, args.batch_size,
-                                     domain_data=args.domain_data)
+                                     domain_data=args.domain_data,
+                                     weights_version=args.weights_version,
+                                     description=args.description)
     for s, c in sorted(cals.items()):
         a, b, w = c.weights
         print(f"stages={s}: {c.n_atoms} atoms, expected error {c.mean[0]:.4f}-"
