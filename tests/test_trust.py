@@ -338,3 +338,22 @@ def test_cli_calibrate_records_calibration_domain_version_and_description(tmp_pa
     assert sorted(meta["uncertainty"]) == ["1", "2"] and meta["domain"]
     for a, b in zip(model.state_dict().values(), original.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", available_weights())
+def test_shipped_weights_know_the_trained_strain_range(name):
+    """The README's coverage: the default trained on hosts strained -4..+4 %, so a host
+    strained 3 % is inside its domain and one strained 8 % raises the warning."""
+    from ase_definet.core.hosts import get_host
+
+    def strained(eps):
+        atoms = get_host("MoS2").pristine()
+        atoms.set_cell(atoms.cell[:] * [[1 + eps] * 3, [1 + eps] * 3, [1, 1, 1]],
+                       scale_atoms=True)
+        return atoms
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfRangeWarning)
+        DefiNetRelaxer(strained(0.03), defects={"vacancies": [1]}, model=name, logfile=None)
+    with pytest.warns(OutOfRangeWarning, match="strained or other lattice"):
+        DefiNetRelaxer(strained(0.08), defects={"vacancies": [1]}, model=name, logfile=None)
