@@ -20,7 +20,8 @@ from .conftest import tiny_model
 TOL = 1e-5  # Å
 REFERENCE = Path(__file__).parent / "data" / "definet_reference.npy"
 # the structures of REFERENCE: every layer of every stage, (13, 48 + 32, 3) Å, float32
-# reference (autograd) forward pass of weights/default.safetensors (v17)
+# reference (autograd) forward pass of weights/default.safetensors; after shipping new
+# weights, rewrite it with `python -m tests.test_fast_forward`
 ITEMS = [("MoS2", 4, {"vacancies": [1, 20], "substitutions": {6: "W", 31: "Se"}}),
          ("hBN", 4, {"vacancies": [3], "substitutions": {10: "C"}})]
 
@@ -111,3 +112,10 @@ def test_radial_basis_values_and_gradient_are_those_of_the_masked_exponential():
     (g,) = torch.autograd.grad(out.sum(), d)
     assert torch.equal(out, ref) and (out == 0).any()
     assert torch.isfinite(g).all() and torch.allclose(g, g_ref, rtol=1e-12, atol=0)
+
+
+if __name__ == "__main__":  # rewrite REFERENCE from the shipped default's autograd path
+    model = get_model("default", "cpu").eval()
+    with torch.enable_grad():
+        np.save(REFERENCE, torch.stack(model(batch_of(model))).detach().numpy())
+    print(f"wrote {REFERENCE}")
