@@ -13,8 +13,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from ase.geometry import find_mic
 
-from .core.defects import SUBSTITUTION, VACANCY
 from .core.structure import DefectStructure
+from .graph import SUBSTITUTION, VACANCY
 
 
 def displacement_field(structure: DefectStructure, predicted: np.ndarray,

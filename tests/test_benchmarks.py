@@ -279,3 +279,15 @@ def test_teacher_steps_draws_balanced_hosts_and_summarises_each():
     assert s["pairs"] == 3 and s["median_reduction"] == 0.5
     assert s["materials"]["MoS2"]["median_reduction"] == pytest.approx(0.65)
     assert s["materials"]["hBN"]["median_steps_definet"] == 90
+
+
+def test_centroid_drift_of_labels_and_of_the_model_with_and_without_the_constraint(ckpt):
+    mod = load(ROOT / "benchmarks" / "centroid_drift.py")
+    data = str(ROOT / "data" / "MoS2_low_000.db")
+    out = mod.main(["--model", ckpt, "--data", data, "--split", "test"])
+    assert len(out["label"]) == len(out["off"]) == len(out["on"]) > 0
+    assert out["label"].max() < 1e-6  # the teacher's FIRE keeps the centroid
+    assert out["on"].max() < 1e-5  # float32 rounding
+    assert np.median(out["off"]) > 100 * out["on"].max()  # untrained weights drift
+    with pytest.raises(ValueError, match="no pairs of split 'nope'"):
+        mod.main(["--model", ckpt, "--data", data, "--split", "nope"])

@@ -10,12 +10,13 @@ from ase_definet.graph import collate
 
 from .conftest import small_host, tiny_model
 
+STRUCTURES = [(3, {"vacancies": [4, 10], "substitutions": {0: "W", 5: "Se"}}),
+              (4, {"vacancies": [7]})]
 
-def _batch(model):
-    a = DefectStructure.from_host(small_host(3), {"vacancies": [4, 10],
-                                                  "substitutions": {0: "W", 5: "Se"}})
-    b = DefectStructure.from_host(small_host(4), {"vacancies": [7]})
-    return collate([s.graph(model.cutoff, model.max_neighbors) for s in (a, b)],
+
+def _batch(model, items=STRUCTURES):
+    structures = [DefectStructure.from_host(small_host(n), spec) for n, spec in items]
+    return collate([s.graph(model.cutoff, model.max_neighbors) for s in structures],
                    torch.float64)
 
 
@@ -52,7 +53,5 @@ def test_one_graph_and_a_batch_agree():
     g = _batch(model)
     with torch.no_grad():
         both = model(g)[-1]
-        a = DefectStructure.from_host(small_host(3), {"vacancies": [4, 10],
-                                                      "substitutions": {0: "W", 5: "Se"}})
-        one = model(collate([a.graph(model.cutoff, model.max_neighbors)], torch.float64))[-1]
+        one = model(_batch(model, STRUCTURES[:1]))[-1]
     assert torch.allclose(both[g.batch == 0], one, atol=1e-10)

@@ -18,7 +18,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 
-PRISTINE, SUBSTITUTION, VACANCY = 0, 1, 2
+from ..graph import SUBSTITUTION, VACANCY
 
 SpecLike = Union["DefectSpec", Mapping[str, Any], None]
 

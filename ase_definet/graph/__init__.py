@@ -1,6 +1,16 @@
 """Graph building: atoms -> arrays (no model, no ASE optimizer machinery)."""
 
-from .graph import Graph, GraphBatch, build_graph, collate
+from .graph import (
+    N_MARKERS,
+    PRISTINE,
+    SUBSTITUTION,
+    VACANCY,
+    Graph,
+    GraphBatch,
+    build_graph,
+    collate,
+)
 from .neighbors import check_cell, neighbor_graph
 
-__all__ = ["Graph", "GraphBatch", "build_graph", "check_cell", "collate", "neighbor_graph"]
+__all__ = ["N_MARKERS", "PRISTINE", "SUBSTITUTION", "VACANCY", "Graph", "GraphBatch",
+           "build_graph", "check_cell", "collate", "neighbor_graph"]

@@ -15,6 +15,9 @@ import torch
 
 from .neighbors import neighbor_graph
 
+PRISTINE, SUBSTITUTION, VACANCY = 0, 1, 2  # node markers
+N_MARKERS = 3
+
 
 @dataclass
 class Graph:

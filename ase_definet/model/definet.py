@@ -13,12 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph import GraphBatch
+from ..graph import N_MARKERS, VACANCY, GraphBatch
 from .inference import stage_forward
 from .layers import MLP, ConsensusActivation, GaussianRBF, VectorLayerNorm, vector_norm
 from .scatter import edge_slices, scatter_mean, scatter_sum
-
-N_MARKERS = 3  # 0 pristine, 1 substitution, 2 vacancy
 
 
 @dataclass
@@ -59,10 +57,9 @@ class DefiNetConfig:
             out) where the input has it, by removing the mean displacement of each
             structure's atoms after every layer. A relaxation under forces that sum to
             zero (FIRE, VASP's optimisers, which remove the drift) moves no centroid; the
-            network, left alone, predicts a small rigid drift (median 3-4 mÅ, up to
-            0.09 Å, on the test splits), pure error. The network is
-            translation-equivariant, so removing it after every layer changes nothing but
-            the drift.
+            network, left alone, predicts a small rigid drift, pure error
+            (``benchmarks/centroid_drift.py``). The network is translation-equivariant,
+            so removing it after every layer changes nothing but the drift.
     """
 
     hidden: int = 512
@@ -247,14 +244,14 @@ def remove_drift(layers: list[torch.Tensor], g: GraphBatch) -> list[torch.Tensor
     """Each of ``layers`` (each (N, 3) Å, ``layers[0]`` the input) moved rigidly, per
     graph, so that its atoms' mean displacement from ``layers[0]`` is zero. Vacancy
     placeholders (marker 2) are moved with their graph but do not count."""
-    r0 = layers[0]
-    atoms = (g.markers != N_MARKERS - 1).to(r0.dtype)[:, None]  # (N, 1)
-    if g.num_graphs == 1:
-        count = atoms.sum().clamp(min=1.0)
-        return [r0] + [r - ((r - r0) * atoms).sum(0) / count for r in layers[1:]]
-    count = scatter_sum(atoms, g.batch, g.num_graphs).clamp(min=1.0)  # (B, 1)
-    return [r0] + [r - (scatter_sum((r - r0) * atoms, g.batch, g.num_graphs) / count)
-                   .index_select(0, g.batch) for r in layers[1:]]
+    r0, n, L = layers[0], layers[0].shape[0], len(layers) - 1
+    atoms = (g.markers != VACANCY).to(r0.dtype)[:, None]  # (N, 1)
+    count = scatter_sum(atoms, g.batch, g.num_graphs).clamp_(min=1.0)  # (B, 1)
+    later = torch.stack(layers[1:], dim=1)  # (N, L, 3)
+    disp = ((later - r0[:, None]) * atoms[:, :, None]).reshape(n, 3 * L)
+    drift = scatter_sum(disp, g.batch, g.num_graphs) / count  # (B, 3L)
+    moved = later - drift.index_select(0, g.batch).view(n, L, 3)
+    return [r0, *moved.unbind(1)]
 
 
 class DefiNet(nn.Module):

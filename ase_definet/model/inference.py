@@ -32,11 +32,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as tf
 
-from ..graph import GraphBatch
+from ..graph import N_MARKERS, GraphBatch
 from .layers import ConsensusActivation, GaussianRBF, VectorLayerNorm
 from .scatter import edge_slices, scatter_sum
 
-N_MARKERS = 3
 CHUNK = 512  # edges per chunk on the CPU: ~1.5 MB of edge buffers at F=128, in L2
 
 
