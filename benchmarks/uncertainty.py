@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def reliability_plot(records, cal, stages: int, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    u = np.concatenate([cal.expected_error(r.spread[stages]) for r in records])
-    b = np.concatenate([cal.bound90(r.spread[stages]) for r in records])
+    u = np.concatenate([cal.expected_error(r.spread[stages], r.shift[stages]) for r in records])
+    b = np.concatenate([cal.bound90(r.spread[stages], r.shift[stages]) for r in records])
     e = np.concatenate([r.error[stages] for r in records])
     bins = np.array_split(np.argsort(u), 10)
     pred = [u[i].mean() for i in bins]

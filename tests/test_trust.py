@@ -13,7 +13,12 @@ from ase.constraints import FixAtoms
 from ase_definet import DefiNetRelaxer, OutOfRangeWarning, available_weights
 from ase_definet.batch import relax_many
 from ase_definet.core.domain import Domain, defect_kinds, host_distances
-from ase_definet.core.uncertainty import Calibration, fit_calibration, stage_spread
+from ase_definet.core.uncertainty import (
+    Calibration,
+    fit_calibration,
+    predicted_shift,
+    stage_spread,
+)
 
 from .conftest import small_host, tiny_model
 
@@ -92,10 +97,60 @@ def test_calibration_is_monotone_and_its_90_percent_bound_holds_in_every_cell_si
     bad = cal.to_dict() | {"knots": cal.knots[::-1]}
     with pytest.raises(ValueError, match="knots must increase"):
         Calibration.from_dict(bad)
-    with pytest.raises(ValueError, match="three finite weights"):
+    with pytest.raises(ValueError, match="three or five finite weights"):
         Calibration.from_dict(cal.to_dict() | {"weights": [0.0, 1.0, 1.0]})
     with pytest.raises(ValueError, match="one array per structure"):
         fit_calibration(spreads, errors[:-1])
+
+
+def _shifted_structures(rng, n_structures=300):
+    """Synthetic (spreads, shifts, errors): beyond the spread, the error grows with how
+    far the atom is predicted to move, which the spread alone does not show."""
+    spreads, shifts, errors = [], [], []
+    for _ in range(n_structures):
+        n = int(rng.choice([75, 150]))
+        s = rng.lognormal(-5, 1.0, n)
+        h = rng.lognormal(-3, 1.2, n)
+        spreads.append(s)
+        shifts.append(h)
+        errors.append(0.3 * np.sqrt(s * h) * rng.exponential(1.0, n))
+    return spreads, shifts, errors
+
+
+def _spearman(a, b):
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return np.corrcoef(ra, rb)[0, 1]
+
+
+def test_the_predicted_shift_sharpens_the_calibration():
+    rng = np.random.default_rng(3)
+    spreads, shifts, errors = _shifted_structures(rng)
+    with_shift = fit_calibration(spreads, errors, shifts=shifts)
+    without = fit_calibration(spreads, errors)
+    assert with_shift.needs_shift and len(with_shift.weights) == 5
+    assert not without.needs_shift and len(without.weights) == 3
+    assert with_shift.weights[3] > 0.3  # the atom's own shift counts
+    s2, h2, e2 = _shifted_structures(rng)  # fresh draws
+    e = np.concatenate(e2)
+    u = np.concatenate([with_shift.expected_error(s, h) for s, h in zip(s2, h2)])
+    u0 = np.concatenate([without.expected_error(s) for s in s2])
+    assert _spearman(u, e) > _spearman(u0, e) + 0.1
+    cover = np.mean(np.concatenate([ei <= with_shift.bound90(s, h)
+                                    for s, h, ei in zip(s2, h2, e2)]))
+    assert 0.86 < cover < 0.94
+    with pytest.raises(ValueError, match="reads the predicted shift"):
+        with_shift.expected_error(s2[0])
+    with pytest.raises(ValueError, match="one value per atom"):
+        with_shift.bound90(s2[0], h2[0][:-1])
+    assert Calibration.from_dict(with_shift.to_dict()) == with_shift
+    with pytest.raises(ValueError, match="three or five finite weights"):
+        Calibration.from_dict(with_shift.to_dict() | {"weights": [1.0, 0.0, 0.0, 1.0]})
+    with pytest.raises(ValueError, match="one array per structure"):
+        fit_calibration(spreads, errors, shifts=shifts[:-1])
+    layers = np.zeros((4, 2, 3))
+    layers[-1, 1] = [0.3, 0.4, 0.0]
+    layers[1, 0] = [1.0, 0.0, 0.0]  # an intermediate layer does not count
+    assert predicted_shift(layers) == pytest.approx([0.0, 0.5])
 
 
 def test_a_calibration_without_score_weights_maps_the_spread_alone():
@@ -145,6 +200,17 @@ def test_calibrated_uncertainty_and_the_structure_threshold(host):
         r.run()
     assert r.uncertainty_calibrated and (r.bound90 >= r.uncertainty).all()
     assert r.todict()["out_of_range"] and r.todict()["mean_uncertainty"] > 0
+    # a calibration with shift terms: the atoms the network moves further are less sure
+    moving = Calibration(knots=(1e-6, 1e2), mean=(1e-6, 1e2), q90=(2e-6, 2e2),
+                         structure_threshold=1e9, weights=(1e-3, 0.0, 0.0, 1.0, 0.0))
+    model.metadata = {"uncertainty": {"3": moving.to_dict()}}
+    r2 = DefiNetRelaxer(host, defects={"vacancies": [4]}, model=model, logfile=None)
+    r2.run()
+    start = np.delete(host.positions, 4, axis=0)
+    shift = np.linalg.norm(r2.atoms.positions - start, axis=1)
+    assert r2.uncertainty_calibrated and r2.out_of_range == []
+    assert _spearman(r2.uncertainty, shift) > 0.95
+    model.metadata = {"uncertainty": {"3": cal.to_dict()}}
     r1 = DefiNetRelaxer(host, defects={"vacancies": [4]}, model=model, logfile=None, stages=1)
     r1.run()  # no calibration for one stage: raw spread, nothing flagged
     assert r1.uncertainty_calibrated is False and r1.out_of_range == []
@@ -307,7 +373,7 @@ def test_shipped_weights_carry_a_calibration_and_a_domain(host, name):
                            model=name, logfile=None)
 
 
-def test_cli_calibrate_records_calibration_domain_version_and_description(tmp_path):
+def test_cli_calibrate_records_calibration_domain_version_and_description(tmp_path, capsys):
     """``definet calibrate`` writes a copy with the calibration of every stage count, the
     training domain and, when asked, the weights' version and data description; the
     tensors and the input file are left as they were."""
@@ -330,6 +396,7 @@ def test_cli_calibrate_records_calibration_domain_version_and_description(tmp_pa
     out = tmp_path / "calibrated.safetensors"
     assert cli(["calibrate", str(src), "--data", str(db), "-o", str(out),
                 "--weights-version", "v99", "--description", "CHGNet pairs. Not DFT."]) == 0
+    assert "score 1.000 log spread" in capsys.readouterr().out
     assert src.read_bytes() == before
     model, meta = load_checkpoint(out)
     original, _ = load_checkpoint(src)

@@ -20,7 +20,7 @@ from ..model import DefiNet
 from .domain import METADATA_KEY as DOMAIN_KEY
 from .domain import Domain, defect_kinds
 from .structure import DefectStructure
-from .uncertainty import calibrations_from_metadata, stage_spread
+from .uncertainty import calibrations_from_metadata, predicted_shift, stage_spread
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +81,13 @@ def assess(model: DefiNet, structure: DefectStructure, layers: np.ndarray,
                            "definet calibrate)", stages_run)
             object.__setattr__(model, "_definet_uncalibrated_said", True)
         return Assessment(spread, spread, False)
-    u = cal.expected_error(spread)
+    shift = predicted_shift(layers)[sites]
+    u = cal.expected_error(spread, shift)
     reasons = []
     if len(u) and u.mean() > cal.structure_threshold:
         reasons.append(f"mean predicted uncertainty {u.mean():.3f} Å above the calibrated "
                        f"threshold {cal.structure_threshold:.3f} Å")
-    return Assessment(u, cal.bound90(spread), True, reasons)
+    return Assessment(u, cal.bound90(spread, shift), True, reasons)
 
 
 def warn(reasons: list[str], stacklevel: int = 3) -> None:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..core.domain import Domain, defect_kinds
 from ..core.predict import iter_layer_outputs
-from ..core.uncertainty import Calibration, fit_calibration, stage_spread
+from ..core.uncertainty import Calibration, fit_calibration, predicted_shift, stage_spread
 from ..data.store import Pair
 from ..model import DefiNet
 from .dataset import PairDataset, iter_batches
@@ -34,10 +34,12 @@ T = TypeVar("T")
 
 @dataclass
 class StructureRecord:
-    """Per-atom spreads and errors (Å) of one structure, for every number of stages."""
+    """Per-atom spreads, predicted shifts and errors (Å) of one structure, for every
+    number of stages."""
 
     info: dict[str, Any]
     spread: dict[int, np.ndarray] = field(default_factory=dict)  # stages -> (n_atoms,)
+    shift: dict[int, np.ndarray] = field(default_factory=dict)  # stages -> (n_atoms,)
     error: dict[int, np.ndarray] = field(default_factory=dict)  # stages -> (n_atoms,)
     dummy: np.ndarray | None = None  # (n_atoms,) error of the unrelaxed input
 
@@ -64,6 +66,7 @@ def collect(model: DefiNet, dataset: PairDataset, batch_size: int = 8,
                 for s in range(1, len(ends) + 1):
                     run = layers[: ends[s - 1] + 1, sl]
                     rec.spread[s] = stage_spread(run, ends[:s])[m]
+                    rec.shift[s] = predicted_shift(run)[m]
                     rec.error[s] = np.linalg.norm(run[-1][m] - target[sl][m], axis=1)
                 records.append(rec)
     return records
@@ -74,7 +77,8 @@ def fit_all(records: list[StructureRecord]) -> dict[int, Calibration]:
     out = {}
     for s in records[0].spread:
         out[s] = fit_calibration([r.spread[s] for r in records],
-                                 [r.error[s] for r in records])
+                                 [r.error[s] for r in records],
+                                 shifts=[r.shift[s] for r in records])
     return out
 
 
@@ -147,9 +151,9 @@ def uncertainty_report(records: list[StructureRecord], cal: Calibration, stages:
     mean uncertainty exceeds the calibration's threshold (``flagged``)."""
     rows = []
     for name, recs in group_by(records, lambda r: r.info, group_keys).items():
-        u = [cal.expected_error(r.spread[stages]) for r in recs]
+        u = [cal.expected_error(r.spread[stages], r.shift[stages]) for r in recs]
         rows.append({"group": name, **trust_metrics(
-                         u, [cal.bound90(r.spread[stages]) for r in recs],
+                         u, [cal.bound90(r.spread[stages], r.shift[stages]) for r in recs],
                          [r.error[stages] for r in recs]),
                      "flagged": int(sum(x.mean() > cal.structure_threshold for x in u))})
     return rows
@@ -238,11 +242,10 @@ def cmd_calibrate(args) -> int:
                                      weights_version=args.weights_version,
                                      description=args.description)
     for s, c in sorted(cals.items()):
-        a, b, w = c.weights
         print(f"stages={s}: {c.n_atoms} atoms, expected error {c.mean[0]:.4f}-"
               f"{c.mean[-1]:.4f} Å, structure threshold {c.structure_threshold:.4f} Å, "
-              f"score {a:.3f} log spread + {b:.3f} log mean spread + {w:.3f} log atoms "
-              f"({c.size_range[0]}-{c.size_range[1]})")
+              f"score {c.formula()} (atoms clipped to {c.size_range[0]}-"
+              f"{c.size_range[1]})")
     print(f"domain: {len(dom.distances)} element pairs, defect kinds "
           f"{', '.join(sorted(dom.defect_kinds))}")
     print(f"wrote {args.out}")
