@@ -281,6 +281,24 @@ def test_teacher_steps_draws_balanced_hosts_and_summarises_each():
     assert s["materials"]["hBN"]["median_steps_definet"] == 90
 
 
+def test_teacher_steps_floor_starts_from_the_label_with_noise_of_the_asked_size():
+    from ase_definet.data.store import iter_pairs
+
+    mod = load(ROOT / "benchmarks" / "teacher_steps.py")
+    pairs = list(iter_pairs([ROOT / "data" / "MoS2_low_000.db"], split="test"))[:3]
+    starts = mod.noisy_minima(pairs, 0.01, seed=0)
+    offsets = np.concatenate([a.positions - p.relaxed_positions
+                              for a, p in zip(starts, pairs)])
+    rms = np.sqrt((offsets ** 2).sum(axis=1).mean())
+    assert rms == pytest.approx(0.01, rel=0.15)
+    assert all(a.get_chemical_symbols() == p.unrelaxed.get_chemical_symbols()
+               and a is not p.unrelaxed for a, p in zip(starts, pairs))
+    assert np.allclose(mod.noisy_minima(pairs, 0.0, seed=0)[0].positions,
+                       pairs[0].relaxed_positions)
+    with pytest.raises(SystemExit, match="--noise"):
+        mod.noisy_minima(pairs, float("nan"), seed=0)
+
+
 def test_centroid_drift_of_labels_and_of_the_model_with_and_without_the_constraint(ckpt):
     mod = load(ROOT / "benchmarks" / "centroid_drift.py")
     data = str(ROOT / "data" / "MoS2_low_000.db")
