@@ -8,8 +8,9 @@ start costs it several steps; ``--optimizer BFGS`` shows the quasi-Newton varian
 
 With ``--start label`` the second relaxation starts instead from the teacher's own
 minimum (the stored relaxed structure) with Gaussian noise of ``--noise`` Å RMS per atom
-added (seeded): the steps any prediction with errors of that size and no structure would
-still cost, a floor for the reduction a model can reach with this teacher and optimizer.
+added (seeded): the steps a start with unstructured errors of that size still costs, a
+reference for how close a prediction must be to save a given share with this teacher and
+optimizer (errors along soft directions cost less, errors in a soft mode more).
 
 For test pairs, the teacher (CHGNet) relaxes with FIRE to 0.01 eV/Å once from the
 unrelaxed structure and once from the model's prediction; prints both step counts per
