@@ -4,7 +4,7 @@ Note: FIRE starts slowly (its velocities ramp up from zero), so even a near-perf
 start costs it several steps; ``--optimizer BFGS`` shows the quasi-Newton variant.
 
     python benchmarks/teacher_steps.py --data data --split test --n 50 [--model default]
-    python benchmarks/teacher_steps.py ... --start label --noise 0.01   # the floor
+    python benchmarks/teacher_steps.py ... --start label --noise 0.01   # a reference start
 
 With ``--start label`` the second relaxation starts instead from the teacher's own
 minimum (the stored relaxed structure) with Gaussian noise of ``--noise`` Å RMS per atom
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--csv", default=None, help="also write the per-pair rows to this CSV")
     args = p.parse_args(argv)
+    if args.noise and args.start != "label":
+        p.error("--noise applies to --start label only")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -297,6 +297,8 @@ def test_teacher_steps_floor_starts_from_the_label_with_noise_of_the_asked_size(
                        pairs[0].relaxed_positions)
     with pytest.raises(SystemExit, match="--noise"):
         mod.noisy_minima(pairs, float("nan"), seed=0)
+    with pytest.raises(SystemExit):  # noise without a label start is refused, not ignored
+        mod.main(["--data", str(ROOT / "data" / "MoS2_low_000.db"), "--noise", "0.01"])
 
 
 def test_centroid_drift_of_labels_and_of_the_model_with_and_without_the_constraint(ckpt):
