@@ -43,8 +43,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 # among the data options (of `evaluate` and `card` too), `init_from` is `finetune --from`
 TRAIN_FLAGS = ("out", "epochs", "batch_size", "lr", "weight_decay", "lr_factor",
                "lr_patience", "schedule", "min_lr", "clip_grad", "ema_decay", "early_stop",
-               "input_noise", "train_stage", "material_weights", "seed", "device", "threads",
-               "max_hours", "compile", "description")
+               "input_noise", "train_stage", "material_weights", "distill_from",
+               "distill_weight", "seed", "device", "threads", "max_hours", "compile",
+               "description")
 DATA_FLAGS = ("data", "cache_dir")
 # TrainConfig fields with no flag of their own (`model`: --hidden, --layers, ...)
 NOT_FLAGS = ("model", "init_from", "train_split", "val_split", "deterministic")

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.checkpoint import save_checkpoint
+from ..core.checkpoint import get_model, save_checkpoint, stored_checksum
 from ..core.device import resolve_device
 from ..core.fileio import atomic_path, atomic_write
 from ..model import DefiNet, DefiNetConfig
@@ -116,6 +117,17 @@ class TrainConfig:
         None, "with refinement stages (see --add-stage): train only this stage (0 the "
         "first, -1 the last), the others frozen; default: every parameter",
         metavar="STAGE")
+    # knowledge distillation: a trained model's predictions as a second target, e.g. to
+    # train a smaller network toward the default; computed on the fly (no grad), so the
+    # input noise reaches them too
+    distill_from: str | None = _setting(
+        None, "weights name or checkpoint whose predictions the model also learns "
+        "(knowledge distillation, e.g. default, to train a smaller network); it must use "
+        "the trained model's graph settings and know every element of the data",
+        metavar="MODEL")
+    distill_weight: float = _setting(
+        0.5, "with --distill-from: share of the loss on its predictions (0-1); the rest "
+        "is on the relaxed targets", metavar="W")
     early_stop: int = _setting(40, "stop after this many epochs without improvement of the "
                                    "validation MAE")
     seed: int = _setting(0, "seed of the initial weights, the batch order, the noise and "
@@ -268,6 +280,26 @@ def site_weights(batch: Batch, weights: dict[str, float]) -> torch.Tensor | None
     return per_graph[batch.graph.batch]
 
 
+def load_distiller(name: str, student: DefiNet, elements: Iterable[str],
+                   device: torch.device) -> DefiNet:
+    """The frozen model ``name`` (weights name or path) whose predictions ``student``
+    learns, on ``device`` in eval mode. ``ValueError`` when its graph settings (cutoff,
+    neighbour cap) differ from ``student``'s (the batches are built for the student) or
+    it lacks an element of the data."""
+    teacher = get_model(name, device).eval().requires_grad_(False)
+    ours = (student.cutoff, student.max_neighbors)
+    theirs = (teacher.cutoff, teacher.max_neighbors)
+    if ours != theirs:
+        raise ValueError(f"--distill-from {name}: its graph settings (cutoff {theirs[0]} Å, "
+                         f"max_neighbors {theirs[1]}) differ from the trained model's "
+                         f"(cutoff {ours[0]} Å, max_neighbors {ours[1]})")
+    missing = [chemical_symbols[z] for z in sorted(set(elements) - set(teacher.elements))]
+    if missing:
+        raise ValueError(f"--distill-from {name}: it does not know element(s) {missing} "
+                         "of the training data")
+    return teacher
+
+
 def _check_material_weights(weights: dict[str, float], train: PairDataset) -> None:
     materials = sorted({str(s.info.get("material")) for s in train.samples})
     unknown = sorted(set(weights) - set(materials))
@@ -340,6 +372,12 @@ class Trainer:
                            "more pairs or a larger validation share", len(val))
         if not config.input_noise >= 0:
             raise ValueError(f"input_noise must be >= 0 Å, got {config.input_noise}")
+        if not 0 <= config.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be from 0 to 1, got "
+                             f"{config.distill_weight}")
+        if config.distill_from and config.train_stage is not None:
+            raise ValueError("--distill-from trains every stage: drop --train-stage (and "
+                             "--add-stage, which trains the new stage alone)")
         self.cfg = config
         # the pairs as given (before staging): a resume must train and select on these
         self.data_fingerprint = {"train": dataset_fingerprint(train),
@@ -380,8 +418,15 @@ class Trainer:
                 for p in model.parameters():
                     p.requires_grad_(id(p) in trained)
         self.model = model.to(self.device)
+        self.distiller = (load_distiller(config.distill_from, self.model,
+                                         train.elements + val.elements, self.device)
+                          if config.distill_from else None)
         self.train_set, self.val_set = train, val
         self.metadata = dict(metadata or {})
+        if config.distill_from:
+            self.metadata["distilled_from"] = {
+                "weights": str(config.distill_from), "weight": config.distill_weight,
+                "sha256": stored_checksum(config.distill_from)}
         self.net = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -548,8 +593,7 @@ class Trainer:
                             self.epoch + 1, i, nb, total / max(n, 1), last_note - t0)
             b = add_input_noise(batch, self.cfg.input_noise, self.gen).to(self.device)
             pred = self.net(b.graph)[-1]
-            loss = masked_distance_loss(pred, b.target, b.mask,
-                                        site_weights(b, self.cfg.material_weights))
+            loss = self.loss(pred, b)
             self.opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):  # never let one bad batch poison the weights
                 self.skipped += 1
@@ -571,6 +615,19 @@ class Trainer:
             total += float(loss.detach())
             n += 1
         return total / max(n, 1)
+
+    def loss(self, pred: torch.Tensor, b: Batch) -> torch.Tensor:
+        """Training loss (Å) of the predicted positions ``pred`` (N, 3) on batch ``b``:
+        the weighted mean distance to the relaxed targets; with a distiller, mixed with
+        the distance to its predictions by ``distill_weight``."""
+        weight = site_weights(b, self.cfg.material_weights)
+        loss = masked_distance_loss(pred, b.target, b.mask, weight)
+        if self.distiller is None:
+            return loss
+        with torch.no_grad():
+            soft = self.distiller(b.graph)[-1].to(pred.dtype)
+        w = self.cfg.distill_weight
+        return (1 - w) * loss + w * masked_distance_loss(pred, soft, b.mask, weight)
 
     def fit(self) -> dict[str, float]:
         """Run until ``epochs``, early stopping or ``max_hours``; returns the best metrics."""
