@@ -45,6 +45,13 @@ def test_the_loss_mixes_labels_and_the_distilled_predictions(tmp_path, distiller
     # the distiller's output is not the label: the mix differs from either term
     assert not torch.allclose(expected, masked_distance_loss(pred, b.target, b.mask))
     assert not any(p.requires_grad for p in t.distiller.parameters())
+    # without input noise the predictions are computed once and ride in the batches
+    cached = collate_samples(t.train_set.samples)
+    assert cached.soft is not None and torch.allclose(cached.soft, soft, atol=1e-5)
+    assert torch.allclose(t.loss(pred, cached), expected, atol=1e-6)
+    noisy = Trainer(cfg(tmp_path / "n", distill_from=str(distiller), input_noise=0.01),
+                    train, val)
+    assert all(s.soft is None for s in noisy.train_set.samples)  # computed every step
 
 
 def test_a_student_trained_on_the_distiller_alone_moves_toward_it(tmp_path, distiller):

@@ -40,12 +40,15 @@ class Sample:
         target: (n_sites, 3) Å relaxed coordinates (vacancy rows: the input, unused).
         mask: (n_sites,) bool, True for atoms (False for vacancy placeholders).
         info: material, density, split, ... of the pair.
+        soft: (n_sites, 3) Å a trained model's prediction, the second target of
+            distillation (``None`` without one; see :func:`~.staging.distilled_dataset`).
     """
 
     graph: Graph
     target: np.ndarray
     mask: np.ndarray
     info: dict[str, Any]
+    soft: np.ndarray | None = None
 
     @property
     def defect_sites(self) -> np.ndarray:
@@ -58,7 +61,8 @@ class Sample:
         g = self.graph
         graph = Graph(g.numbers, g.markers, np.asarray(positions, dtype=float),
                       g.edge_index, g.shifts, g.cell)
-        moved = Sample(graph=graph, target=self.target, mask=self.mask, info=self.info)
+        moved = Sample(graph=graph, target=self.target, mask=self.mask, info=self.info,
+                       soft=self.soft)
         moved._near = self.near_defect()
         return moved
 
@@ -116,24 +120,33 @@ class PairDataset(torch.utils.data.Dataset):
 
 @dataclass
 class Batch:
-    """A training batch: the graph batch, targets (N, 3) Å and the atom mask (N,)."""
+    """A training batch: the graph batch, targets (N, 3) Å, the atom mask (N,) and, when
+    every sample carries one, the distilled model's predictions ``soft`` (N, 3) Å."""
 
     graph: GraphBatch
     target: torch.Tensor
     mask: torch.Tensor
     infos: list[dict[str, Any]]
+    soft: torch.Tensor | None = None
 
     def to(self, device, dtype=None) -> Batch:
-        return Batch(self.graph.to(device, dtype),
-                     self.target.to(device=device, dtype=dtype or self.target.dtype),
-                     self.mask.to(device), self.infos)
+        def move(t):
+            return t.to(device=device, dtype=dtype or t.dtype)
+
+        return Batch(self.graph.to(device, dtype), move(self.target), self.mask.to(device),
+                     self.infos, None if self.soft is None else move(self.soft))
 
 
 def collate_samples(samples: Sequence[Sample], dtype: torch.dtype = torch.float32) -> Batch:
+    def rows(arrays):
+        return torch.from_numpy(np.concatenate(arrays)).to(dtype)
+
+    soft = [s.soft for s in samples]
     return Batch(graph=collate([s.graph for s in samples], dtype=dtype),
-                 target=torch.from_numpy(np.concatenate([s.target for s in samples])).to(dtype),
+                 target=rows([s.target for s in samples]),
                  mask=torch.from_numpy(np.concatenate([s.mask for s in samples])),
-                 infos=[s.info for s in samples])
+                 infos=[s.info for s in samples],
+                 soft=None if any(x is None for x in soft) else rows(soft))
 
 
 def iter_batches(dataset: PairDataset, batch_size: int, shuffle: bool,

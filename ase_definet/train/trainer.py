@@ -43,7 +43,7 @@ from ..core.fileio import atomic_path, atomic_write
 from ..model import DefiNet, DefiNetConfig
 from .dataset import Batch, PairDataset, iter_batches
 from .evaluate import evaluate_model
-from .staging import staged_dataset
+from .staging import distilled_dataset, staged_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -421,6 +421,9 @@ class Trainer:
         self.distiller = (load_distiller(config.distill_from, self.model,
                                          train.elements + val.elements, self.device)
                           if config.distill_from else None)
+        if self.distiller is not None and config.distill_weight and not config.input_noise:
+            # noise-free inputs: the distilled predictions are the same every epoch
+            train = distilled_dataset(self.distiller, train, device=self.device)
         self.train_set, self.val_set = train, val
         self.metadata = dict(metadata or {})
         if config.distill_from:
@@ -619,15 +622,19 @@ class Trainer:
     def loss(self, pred: torch.Tensor, b: Batch) -> torch.Tensor:
         """Training loss (Å) of the predicted positions ``pred`` (N, 3) on batch ``b``:
         the weighted mean distance to the relaxed targets; with a distiller, mixed with
-        the distance to its predictions by ``distill_weight``."""
+        the distance to its predictions by ``distill_weight`` (those the batch carries,
+        else computed here: with input noise they change every step)."""
         weight = site_weights(b, self.cfg.material_weights)
         loss = masked_distance_loss(pred, b.target, b.mask, weight)
-        if self.distiller is None:
-            return loss
-        with torch.no_grad():
-            soft = self.distiller(b.graph)[-1].to(pred.dtype)
         w = self.cfg.distill_weight
-        return (1 - w) * loss + w * masked_distance_loss(pred, soft, b.mask, weight)
+        if self.distiller is None or not w:
+            return loss
+        soft = b.soft
+        if soft is None:
+            with torch.no_grad():
+                soft = self.distiller(b.graph)[-1]
+        return ((1 - w) * loss
+                + w * masked_distance_loss(pred, soft.to(pred.dtype), b.mask, weight))
 
     def fit(self) -> dict[str, float]:
         """Run until ``epochs``, early stopping or ``max_hours``; returns the best metrics."""
