@@ -20,7 +20,7 @@ from .conftest import tiny_model
 TOL = 1e-5  # Å
 REFERENCE = Path(__file__).parent / "data" / "definet_reference.npy"
 # the structures of REFERENCE: every layer of every stage, (13, 48 + 32, 3) Å, float32
-# reference (autograd) forward pass of weights/default.safetensors (v20); after shipping new
+# reference (autograd) forward pass of the shipped weights/default.safetensors; after shipping new
 # weights, rewrite it with `python -m tests.test_fast_forward`
 ITEMS = [("MoS2", 4, {"vacancies": [1, 20], "substitutions": {6: "W", 31: "Se"}}),
          ("hBN", 4, {"vacancies": [3], "substitutions": {10: "C"}})]
