@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ase_definet import DefectStructure, get_model
+from ase_definet.core.checkpoint import stored_checksum
 from ase_definet.core.hosts import get_host
 from ase_definet.graph import collate
 
@@ -19,9 +20,10 @@ from .conftest import tiny_model
 
 TOL = 1e-5  # Å
 REFERENCE = Path(__file__).parent / "data" / "definet_reference.npy"
+REFERENCE_WEIGHTS = REFERENCE.with_suffix(".sha256")  # stored checksum of the weights it is from
 # the structures of REFERENCE: every layer of every stage, (13, 48 + 32, 3) Å, float32
 # reference (autograd) forward pass of the shipped weights/default.safetensors; after shipping new
-# weights, rewrite it with `python -m tests.test_fast_forward`
+# weights, rewrite it (and REFERENCE_WEIGHTS) with `python -m tests.test_fast_forward`
 ITEMS = [("MoS2", 4, {"vacancies": [1, 20], "substitutions": {6: "W", 31: "Se"}}),
          ("hBN", 4, {"vacancies": [3], "substitutions": {10: "C"}})]
 
@@ -38,6 +40,15 @@ def batch_of(model, items=ITEMS):
 @pytest.fixture(scope="module")
 def shipped():
     return get_model("default", "cpu").eval()
+
+
+def test_reference_is_from_the_shipped_weights():
+    """A stale reference says so, instead of failing below with a 0.06 Å difference."""
+    shipped_sha = stored_checksum("default")
+    assert len(shipped_sha) == 64
+    assert REFERENCE_WEIGHTS.read_text().strip() == shipped_sha, (
+        f"{REFERENCE.name} was computed from other weights than the shipped default "
+        f"(sha256 {shipped_sha[:12]}): rewrite it with `python -m tests.test_fast_forward`")
 
 
 def test_fast_forward_matches_reference_on_shipped_weights(shipped):
@@ -118,4 +129,5 @@ if __name__ == "__main__":  # rewrite REFERENCE from the shipped default's autog
     model = get_model("default", "cpu").eval()
     with torch.enable_grad():
         np.save(REFERENCE, torch.stack(model(batch_of(model))).detach().numpy())
-    print(f"wrote {REFERENCE}")
+    REFERENCE_WEIGHTS.write_text(stored_checksum("default") + "\n")
+    print(f"wrote {REFERENCE} and {REFERENCE_WEIGHTS}")
