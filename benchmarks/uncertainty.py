@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ase_definet.core.checkpoint import load_checkpoint
+from ase_definet.core.checkpoint import load_checkpoint, weights_label
 from ase_definet.core.uncertainty import calibrations_from_metadata
 from ase_definet.data.store import is_cold, iter_pairs
 from ase_definet.train.calibrate import collect, format_report, uncertainty_report
@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     text = (f"# python benchmarks/uncertainty.py --weights {args.weights} --data "
             f"{' '.join(repr(d) for d in args.data)} --split {args.split} --stages {stages}"
             f"{' --cold' if args.cold else ''}\n"
-            f"# {len(records)} structures; calibration fitted on the val split "
-            "(definet calibrate)\n" + format_report(rows) + "\n")
+            f"# weights: {weights_label(args.weights)}; {len(records)} structures; "
+            "calibration fitted on the val split (definet calibrate)\n"
+            + format_report(rows) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     reliability_plot(records, cals[stages], stages, args.plot)

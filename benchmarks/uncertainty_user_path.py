@@ -29,6 +29,7 @@ from ase.geometry import find_mic
 from tqdm import tqdm
 
 from ase_definet import DefiNetRelaxer
+from ase_definet.core.checkpoint import weights_label
 from ase_definet.core.fileio import atomic_write
 from ase_definet.data.store import is_cold, iter_pairs
 from ase_definet.train.calibrate import format_report, group_by, trust_metrics
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> str:
                "--split", args.split, "--weights", args.weights, "--seed", str(args.seed),
                *(["--limit", str(args.limit)] if args.limit else [])]
     text = "\n".join([f"# {shlex.join(command)}",
+                      f"# weights: {weights_label(args.weights)}",
                       f"# {len(rows)} structures, each permuted and shifted before "
                       "DefiNetRelaxer(atoms, pristine=host).run()", report(rows)]) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

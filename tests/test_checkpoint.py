@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ase_definet import DefectStructure, get_model, load_checkpoint, save_checkpoint
-from ase_definet.core.checkpoint import read_metadata
+from ase_definet.core.checkpoint import read_metadata, stored_checksum, weights_label
 from ase_definet.core.predict import predict_sites
 
 from .conftest import tiny_model
@@ -30,6 +30,20 @@ def test_round_trip(tmp_path, host, spec):
     # the file is safetensors: its header is JSON, no pickle opcodes
     raw = path.read_bytes()
     assert raw[8:9] == b"{" and b"\x80\x04" not in raw[:64]
+
+
+def test_weights_label_names_version_and_checksum(tmp_path):
+    model = tiny_model()
+    plain = save_checkpoint(model, tmp_path / "a.safetensors", {"data": "x"})
+    named = save_checkpoint(model, tmp_path / "b.safetensors", {"weights_version": "v7"})
+    digest = stored_checksum(plain)
+    assert len(digest) == 64 and stored_checksum(named) == digest  # same tensors
+    assert weights_label(plain) == f"unversioned, sha256 {digest[:12]}"
+    assert weights_label(named) == f"v7, sha256 {digest[:12]}"
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    other = save_checkpoint(model, tmp_path / "c.safetensors", {})
+    assert weights_label(other) != weights_label(plain)
 
 
 def test_errors(tmp_path):

@@ -298,7 +298,7 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..core.checkpoint import get_model
+    from ..core.checkpoint import get_model, weights_label
     from .evaluate import cold_only, evaluate_model, format_table, plot_parity, write_csv
 
     model = get_model(args.model, args.device)
@@ -323,7 +323,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     acc, arrays = evaluate_model(model, ds, args.batch_size, dev, progress=True, collect=True,
                                  stages=args.stages)
     ran = "" if args.stages is None else f", first {args.stages} stage(s)"
-    print(f"coordinate MAE [Å] of {args.model}{ran} on {len(ds)} pairs ({args.split}); "
+    print(f"coordinate MAE [Å] of {args.model} ({weights_label(args.model)}){ran} "
+          f"on {len(ds)} pairs ({args.split}); "
           "'dummy' = the unrelaxed input")
     print(format_table(acc))
     if args.out_dir is None:
