@@ -45,13 +45,21 @@ def test_worse_than_input_is_counted_per_group(tmp_path, rng):
     row = next(line for line in table.splitlines() if line.startswith("axis=strain"))
     assert row.split()[-2:] == ["3", "3"]
     assert float(row.split()[-4]) > 1.0  # MAE / Dummy above one
+    listed = [line for line in table.splitlines() if line.startswith("worse than input: ")]
+    assert len(listed) == 5 == len(acc.worse_structures)
+    assert any("strain-0 (strain" in line for line in listed)
+    short = format_table(acc, max_listed=2).splitlines()
+    assert sum(line.startswith("worse than input: ") for line in short) == 3
+    assert short[-1] == "worse than input: 3 more"
     write_csv(acc, tmp_path / "e.csv")
     head, *rows = (tmp_path / "e.csv").read_text().splitlines()
     assert rows[0].split(",")[-2:] == ["5", "5"]  # overall
     assert head.split(",")[-2:] == ["n_structures", "n_worse_than_input"]
     still = ErrorAccumulator()
-    still.add_structure(["g"], 0.01, 0.02)
-    assert still.worse["g"] == 0 and still.structures["g"] == 1
+    still.add_structure(["g"], 0.01, 0.02, name="fine")
+    still.add_structure(["g"], 0.03, 0.02, name="off")
+    assert still.worse["g"] == 1 and still.structures["g"] == 2
+    assert still.worse_structures == [("off", 0.03, 0.02)]
     assert np.isfinite(acc.mae("axis=size"))
 
 

@@ -58,7 +58,8 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
                 groups = sample_groups(info)
                 acc.add(groups, err, near)
                 acc.add(groups, dummy, near, prefix="dummy_")
-                acc.add_structure(groups, float(err.mean()), float(dummy.mean()))
+                acc.add_structure(groups, float(err.mean()), float(dummy.mean()),
+                                  name=pair_name(info, k - 1))
                 if collect:
                     keep["true"].append(target[sl][m] - start[sl][m])
                     keep["pred"].append(pred[sl][m] - start[sl][m])
@@ -66,6 +67,13 @@ def evaluate_model(model: DefiNet, dataset: PairDataset, batch_size: int = 16,
     empty = {"true": (0, 3), "pred": (0, 3), "near": (0,)}
     arrays = {key: np.concatenate(v) if v else np.zeros(empty[key]) for key, v in keep.items()}
     return acc, arrays
+
+
+def pair_name(info: dict, index: int) -> str:
+    """How a report names a pair: its ``config_id`` (else its index in the dataset), with
+    the lattice axis and the supercell where recorded, e.g. ``hBN-low-00030 (pbe, 8x8)``."""
+    where = ", ".join(str(info[k]) for k in ("axis", "supercell") if info.get(k))
+    return f"{info.get('config_id', f'pair {index}')}" + (f" ({where})" if where else "")
 
 
 def cold_only(dataset: PairDataset) -> PairDataset:
@@ -76,8 +84,9 @@ def cold_only(dataset: PairDataset) -> PairDataset:
                         if is_cold(s.info)])
 
 
-def format_table(acc: ErrorAccumulator) -> str:
-    """Text table: per group, model MAE and Dummy MAE (Å) for all atoms and A3-A6."""
+def format_table(acc: ErrorAccumulator, max_listed: int = 20) -> str:
+    """Text table: per group, model MAE and Dummy MAE (Å) for all atoms and A3-A6; below
+    it, the (at most ``max_listed``) structures predicted worse than their input."""
     head = (f"{'group':<20}{'n_atoms':>8}" + "".join(f"{r:>9}{'dummy':>8}" for r in REGIONS)
             + f"{'ratio':>7}{'A3 rat':>7}{'structs':>8}{'worse':>6}")
     lines = [head, "-" * len(head)]
@@ -89,6 +98,11 @@ def format_table(acc: ErrorAccumulator) -> str:
                      f"{acc.structures[g]:8d}{acc.worse[g]:6d}")
     lines.append("ratio: MAE / Dummy MAE (all atoms, A3); worse: structures predicted further "
                  "from the relaxed one than their unrelaxed input")
+    worst = sorted(acc.worse_structures, key=lambda w: w[2] - w[1])  # furthest first
+    lines += [f"worse than input: {name}  MAE {mae:.4f} Å, Dummy {dummy:.4f} Å"
+              for name, mae, dummy in worst[:max_listed]]
+    if len(worst) > max_listed:
+        lines.append(f"worse than input: {len(worst) - max_listed} more")
     return "\n".join(lines)
 
 

@@ -32,13 +32,18 @@ class ErrorAccumulator:
     counts: dict = field(default_factory=lambda: defaultdict(int))
     structures: dict = field(default_factory=lambda: defaultdict(int))  # group -> count
     worse: dict = field(default_factory=lambda: defaultdict(int))  # ... predicted worse
+    worse_structures: list = field(default_factory=list)  # (name, MAE, Dummy MAE) Å
 
-    def add_structure(self, groups: Iterable[str], mae: float, dummy_mae: float) -> None:
-        """Count a structure, and whether its prediction is worse (higher MAE) than its
-        unrelaxed input, in each of ``groups``."""
+    def add_structure(self, groups: Iterable[str], mae: float, dummy_mae: float,
+                      name: str = "") -> None:
+        """Count a structure, and whether its prediction is worse (higher MAE, Å) than its
+        unrelaxed input, in each of ``groups``; a worse one is listed by ``name``."""
+        worse = mae > dummy_mae
         for g in groups:
             self.structures[g] += 1
-            self.worse[g] += int(mae > dummy_mae)
+            self.worse[g] += int(worse)
+        if worse:
+            self.worse_structures.append((name, mae, dummy_mae))
 
     def add(self, groups: Iterable[str], errors: np.ndarray, near: np.ndarray,
             prefix: str = "") -> None:
