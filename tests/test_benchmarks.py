@@ -311,3 +311,21 @@ def test_centroid_drift_of_labels_and_of_the_model_with_and_without_the_constrai
     assert np.median(out["off"]) > 100 * out["on"].max()  # untrained weights drift
     with pytest.raises(ValueError, match="no pairs of split 'nope'"):
         mod.main(["--model", ckpt, "--data", data, "--split", "nope"])
+
+
+def test_steps_paired_compares_pair_by_pair(tmp_path):
+    def write(name, steps):
+        path = tmp_path / name
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["config_id", "steps_unrelaxed", "steps_definet"])
+            w.writerows([cid, 50, n] for cid, n in steps.items())
+        return str(path)
+
+    a = write("a.csv", {"p1": 10, "p2": 20, "p3": 30, "only_a": 99})
+    b = write("b.csv", {"p1": 12, "p2": 15, "p3": 33, "only_b": 1})
+    line = load(ROOT / "benchmarks" / "steps_paired.py").main([a, b])
+    assert line == ("3 pairs: B - A median +2 steps; totals 60 (B) vs 60 (A); "
+                    "B fewer on 1, more on 2")
+    with pytest.raises(SystemExit, match="share no config_id"):
+        load(ROOT / "benchmarks" / "steps_paired.py").main([a, write("c.csv", {"x": 1})])

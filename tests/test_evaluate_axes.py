@@ -8,7 +8,7 @@ import numpy as np
 from ase_definet.core.defects import DefectSpec
 from ase_definet.data.store import Pair
 from ase_definet.train.dataset import PairDataset
-from ase_definet.train.evaluate import evaluate_model, format_table, write_csv
+from ase_definet.train.evaluate import evaluate_model, format_table, pair_name, write_csv
 from ase_definet.train.metrics import ErrorAccumulator, sample_groups
 
 from .conftest import small_host, tiny_model
@@ -48,6 +48,11 @@ def test_worse_than_input_is_counted_per_group(tmp_path, rng):
     listed = [line for line in table.splitlines() if line.startswith("worse than input: ")]
     assert len(listed) == 5 == len(acc.worse_structures)
     assert any("strain-0 (strain" in line for line in listed)
+    gaps = [float(line.split("MAE ")[1].split()[0]) - float(line.split("Dummy ")[1].split()[0])
+            for line in listed]
+    assert gaps == sorted(gaps, reverse=True)  # furthest from the input first
+    assert pair_name({}, 7) == "pair 7"
+    assert pair_name({"config_id": "c", "supercell": "6x6"}, 7) == "c (6x6)"
     short = format_table(acc, max_listed=2).splitlines()
     assert sum(line.startswith("worse than input: ") for line in short) == 3
     assert short[-1] == "worse than input: 3 more"

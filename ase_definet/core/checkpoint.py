@@ -236,10 +236,8 @@ def weights_label(name_or_path: str | Path) -> str:
     """Which weights a result came from, for the header of a result file:
     ``"v20, sha256 34b7a0f5369b"`` (the version ``definet calibrate`` stored, or
     ``"unversioned"``, and the first 12 hex digits of the tensors' SHA-256)."""
-    path = _resolve_path(name_or_path)
-    raw, _ = _read_header(path)
-    _, meta = _parse_metadata(path, raw)
-    digest = raw.get(CHECKSUM_KEY, "")[:12] or "not stored"
+    _, meta = read_metadata(name_or_path)
+    digest = stored_checksum(name_or_path)[:12] or "not stored"
     return f"{meta.get('weights_version') or 'unversioned'}, sha256 {digest}"
 
 

@@ -73,7 +73,7 @@ def pair_name(info: dict, index: int) -> str:
     """How a report names a pair: its ``config_id`` (else its index in the dataset), with
     the lattice axis and the supercell where recorded, e.g. ``hBN-low-00030 (pbe, 8x8)``."""
     where = ", ".join(str(info[k]) for k in ("axis", "supercell") if info.get(k))
-    return f"{info.get('config_id', f'pair {index}')}" + (f" ({where})" if where else "")
+    return str(info.get("config_id", f"pair {index}")) + (f" ({where})" if where else "")
 
 
 def cold_only(dataset: PairDataset) -> PairDataset:
@@ -98,7 +98,7 @@ def format_table(acc: ErrorAccumulator, max_listed: int = 20) -> str:
                      f"{acc.structures[g]:8d}{acc.worse[g]:6d}")
     lines.append("ratio: MAE / Dummy MAE (all atoms, A3); worse: structures predicted further "
                  "from the relaxed one than their unrelaxed input")
-    worst = sorted(acc.worse_structures, key=lambda w: w[2] - w[1])  # furthest first
+    worst = sorted(acc.worse_structures, key=lambda w: w[1] - w[2], reverse=True)
     lines += [f"worse than input: {name}  MAE {mae:.4f} Å, Dummy {dummy:.4f} Å"
               for name, mae, dummy in worst[:max_listed]]
     if len(worst) > max_listed:
